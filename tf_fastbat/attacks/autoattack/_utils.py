@@ -1,0 +1,99 @@
+"""Helpers shared by the AutoAttack attacks: seeds, traced-function cache, batching, per-example norms."""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Hashable, Iterator, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+LogitsFn = Callable[[tf.Tensor], tf.Tensor]
+
+_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_CACHE_SIZE = 64
+
+
+def cached(logits_fn: LogitsFn, key: Tuple[Hashable, ...], build: Callable[[], Callable]) -> Callable:
+    """Memoise `build()` per (logits_fn, key), so repeated calls reuse one traced tf.function.
+
+    The cache holds `logits_fn` itself, so its id cannot be recycled while the entry lives.
+    """
+    full_key = (id(logits_fn),) + tuple(key)
+    hit = _CACHE.get(full_key)
+    if hit is not None and hit[0] is logits_fn:
+        _CACHE.move_to_end(full_key)
+        return hit[1]
+    fn = build()
+    _CACHE[full_key] = (logits_fn, fn)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return fn
+
+
+def derive_seed(seed: int, *parts: int) -> np.ndarray:
+    """A [2] int64 seed for stateless TF ops, a deterministic function of `seed` and the stream `parts`."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF] + [int(p) & 0xFFFFFFFF for p in parts])
+    return state.generate_state(2, dtype=np.uint32).astype(np.int64)
+
+
+def spec(feature_shape: Tuple[int, ...]) -> tf.TensorSpec:
+    """TensorSpec of a float32 batch with unknown batch size, so one trace serves every batch size."""
+    return tf.TensorSpec([None, *feature_shape], tf.float32)
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `batch_size` covering range(n)."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def per_example(v: tf.Tensor, rank: int) -> tf.Tensor:
+    """Reshape a [B] vector to [B, 1, ..., 1] so it broadcasts against a rank-`rank` batch."""
+    return tf.reshape(v, [-1] + [1] * (rank - 1))
+
+
+def linf(v: tf.Tensor) -> tf.Tensor:
+    """Per-example L-infinity norm over all non-batch axes."""
+    return tf.reduce_max(tf.abs(tf.reshape(v, [tf.shape(v)[0], -1])), axis=1)
+
+
+def project_linf_box(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+    """Project onto the intersection of the L-inf ball of radius eps around x and the [0, 1] box."""
+    return tf.clip_by_value(tf.minimum(tf.maximum(x_adv, x - eps), x + eps), 0.0, 1.0)
+
+
+def logits_fn_graph(logits_fn: LogitsFn, feature_shape: Tuple[int, ...]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A cached tf.function computing logits for any batch size."""
+    return cached(logits_fn, ("logits", feature_shape),
+                  lambda: tf.function(lambda images: tf.cast(logits_fn(images), tf.float32),
+                                      input_signature=[spec(feature_shape)]))
+
+
+def logits_numpy(logits_fn: LogitsFn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits of a numpy batch, computed `batch_size` examples at a time."""
+    fn = logits_fn_graph(logits_fn, tuple(x.shape[1:]))
+    if len(x) == 0:
+        return np.zeros([0, 0], np.float32)
+    return np.concatenate([fn(tf.constant(x[s], tf.float32)).numpy() for s in batches(len(x), batch_size)])
+
+
+def predict(logits_fn: LogitsFn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Predicted labels (argmax of the logits) of a numpy batch."""
+    if len(x) == 0:
+        return np.zeros([0], np.int64)
+    return logits_numpy(logits_fn, x, batch_size).argmax(axis=1)
+
+
+def target_labels(logits: np.ndarray, rank: int) -> np.ndarray:
+    """The class with the `rank`-th largest logit per row (rank 2 = runner-up), the AutoAttack target choice."""
+    return np.argsort(logits, axis=1, kind="stable")[:, -rank]
+
+
+def as_inputs(x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Validate and convert inputs to float32 images and int32 labels."""
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int32).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    return x, y

@@ -1,0 +1,69 @@
+"""Training callbacks: robust early stopping (Rice et al. 2020) with best/last checkpoints, and a NaN guard."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+
+from tf_fastbat.attacks.pgd import PGD
+from tf_fastbat.checkpoints import read_json, save_model_atomic, write_json_atomic
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss stops being finite; the last epoch's backup is left untouched."""
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops the run with an exception (so that no NaN weights reach a checkpoint)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(f"training loss became {float(loss)} at batch {batch}; "
+                                     "lower --lr_max or check the data; checkpoints from earlier epochs are kept")
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds the epoch's wall time to the logs (seconds per epoch is what fast AT is about)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+class RobustValidation(keras.callbacks.Callback):
+    """After every epoch: clean and PGD accuracy on the held-out split; keeps best (by PGD) and last models."""
+
+    def __init__(self, classifier: keras.Model, checkpoint_dir: str, x_val: Optional[np.ndarray],
+                 y_val: Optional[np.ndarray], eps: float, steps: int, restarts: int, seed: int,
+                 batch_size: int = 256):
+        super().__init__()
+        self.classifier = classifier
+        self.checkpoint_dir = checkpoint_dir
+        self.x_val, self.y_val = x_val, y_val
+        self.eps, self.steps, self.restarts, self.seed = eps, steps, restarts, seed
+        self.pgd = PGD(lambda images: self.classifier(images, training=False), batch_size)
+        self.state_path = os.path.join(checkpoint_dir, "best.json")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, "last.keras"))
+        if self.x_val is None or not len(self.x_val):
+            return
+        clean = float(np.mean(self.pgd.predict(self.x_val) == self.y_val))
+        robust = float(np.mean(self.pgd.robust_mask(self.x_val, self.y_val, self.eps, self.steps, self.restarts,
+                                                    seed=self.seed)))
+        logs["val_clean_accuracy"], logs["val_robust_accuracy"] = clean, robust
+        best = read_json(self.state_path, {"val_robust_accuracy": -1.0})
+        if robust > best["val_robust_accuracy"]:
+            save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, "best.keras"))
+            write_json_atomic({"epoch": epoch + 1, "val_robust_accuracy": robust, "val_clean_accuracy": clean},
+                              self.state_path)

@@ -1,0 +1,71 @@
+"""Datasets: sources (TFDS, npz, folders) and tf.data pipelines; see `sources.load` and `splits`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tf_fastbat.data import pipeline
+from tf_fastbat.data.sources import DataError, Source, load
+
+BUNDLED_SLICE = "tf_fastbat/data/cifar10_slice.npz"
+
+
+@dataclasses.dataclass
+class Splits:
+    """The three pipelines training needs, plus what the model needs to know of the data."""
+
+    source: Source
+    train: tf.data.Dataset
+    validation: Optional[tf.data.Dataset]
+    validation_arrays: Optional[tuple]  # ([0, 1] float32 images, labels) for the early-stopping attack
+    test_arrays: Optional[tuple]
+    test: tf.data.Dataset
+    num_train: int
+
+
+def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validation_examples: int,
+           data_dir: Optional[str] = None, drop_remainder: bool = False) -> Splits:
+    """Training, held-out validation and test pipelines for `source`."""
+    if source.in_memory:
+        (x_train, y_train), (x_val, y_val) = pipeline.split_validation(
+            source.x_train, source.y_train, val_ratio, seed)
+        if len(x_train) < batch_size:
+            raise DataError(f"--batch_size={batch_size} exceeds the {len(x_train)} training examples of "
+                            f"{source.name}")
+        x_val, y_val = x_val[:validation_examples], y_val[:validation_examples]
+        train = pipeline.array_dataset(x_train, y_train, batch_size, training=True, seed=seed,
+                                       drop_remainder=drop_remainder)
+        validation = pipeline.array_dataset(x_val, y_val, batch_size, training=False, seed=seed) if len(x_val) else None
+        test = pipeline.array_dataset(source.x_test, source.y_test, batch_size, training=False, seed=seed)
+        val_arrays = (x_val.astype(np.float32) / 255.0, y_val) if len(x_val) else None
+        test_arrays = (source.x_test.astype(np.float32) / 255.0, source.y_test)
+        return Splits(source, train, validation, val_arrays, test_arrays, test, len(x_train))
+    size = source.image_shape[0]
+    if source.train_files is not None:
+        order = np.random.default_rng(seed).permutation(len(source.train_files))
+        held_out = int(round(len(order) * val_ratio))
+        files = np.asarray(source.train_files)
+        labels = source.train_labels
+        val_idx, train_idx = order[:held_out][:validation_examples], order[held_out:]
+        train = pipeline.file_dataset(files[train_idx], labels[train_idx], batch_size, size, training=True,
+                                      seed=seed, drop_remainder=drop_remainder)
+        validation = pipeline.file_dataset(files[val_idx], labels[val_idx], batch_size, size, training=False,
+                                           seed=seed) if len(val_idx) else None
+        test = pipeline.file_dataset(source.test_files, source.test_labels, batch_size, size, training=False,
+                                     seed=seed)
+        return Splits(source, train, validation, None, None, test, len(train_idx))
+    # Streamed TFDS (ImageNet): its validation split is the test set; hold out the training tail for early stopping.
+    percent = int(round(100 * (1 - val_ratio)))
+    train = pipeline.tfds_stream(source.name, f"train[:{percent}%]", data_dir, batch_size, size, training=True,
+                                 seed=seed, drop_remainder=drop_remainder)
+    validation = pipeline.tfds_stream(source.name, f"train[{percent}%:]", data_dir, batch_size, size,
+                                      training=False, seed=seed).take(max(1, validation_examples // batch_size))
+    test = pipeline.tfds_stream(source.name, "validation", data_dir, batch_size, size, training=False, seed=seed)
+    return Splits(source, train, validation, None, None, test, int(1_281_167 * (1 - val_ratio)))
+
+
+__all__ = ["load", "splits", "Splits", "Source", "DataError", "BUNDLED_SLICE"]

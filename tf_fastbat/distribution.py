@@ -1,0 +1,36 @@
+"""Choosing the tf.distribute strategy: one device, all local GPUs, or several workers (TF_CONFIG)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+
+def strategy_for(kind: str) -> tf.distribute.Strategy:
+    """--distribution: auto (Mirrored over local GPUs when there are several), none, mirrored, multi_worker."""
+    if kind == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--distribution=multi_worker needs the TF_CONFIG environment variable (see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """True on the worker that writes checkpoints and reports (always true without TF_CONFIG)."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = config.get("task", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in config.get("cluster", {})
+
+
+def worker_index() -> int:
+    return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))

@@ -1,0 +1,31 @@
+"""Training methods: `build(name, **hparams)` returns an object with `gradients(model, x, y, noise)`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tf_fastbat.methods.base import Method
+from tf_fastbat.methods.fast_at import FastAT
+from tf_fastbat.methods.fast_at_ga import FastATGA
+from tf_fastbat.methods.fast_bat import FastBAT
+from tf_fastbat.methods.n_fgsm import NFGSM
+from tf_fastbat.methods.pgd import PGD
+from tf_fastbat.methods.standard import Standard
+
+REGISTRY = {cls.name: cls for cls in (FastBAT, FastAT, FastATGA, PGD, NFGSM, Standard)}
+NAMES = tuple(REGISTRY)
+
+
+def build(name: str, **hparams) -> Method:
+    """The method `name` with the given hyperparameters (eps and step sizes as fractions of 1); others are refused."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown --method {name!r}; choose one of {', '.join(NAMES)}")
+    cls = REGISTRY[name]
+    accepted = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(hparams) - accepted)
+    if unknown:
+        raise ValueError(f"--method={name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+    return cls(**hparams)
+
+
+__all__ = ["build", "Method", "NAMES", "REGISTRY"]

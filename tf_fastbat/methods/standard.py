@@ -1,0 +1,17 @@
+"""Standard (non-adversarial) training: the clean batch is the training input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tf_fastbat.methods.base import Method
+from tf_fastbat.methods.common import train_on
+
+
+@dataclasses.dataclass(frozen=True)
+class Standard(Method):
+    name = "standard"
+
+    def step(self, model, x, y, noise):
+        del noise
+        return train_on(model, x, y)

@@ -1,0 +1,158 @@
+"""python -m tf_fastbat.train --flagfile=flags/<experiment>.cfg: adversarial training with Keras `fit`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from tf_fastbat import config
+
+config.define_training_flags()
+FLAGS = flags.FLAGS
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"tf_fastbat.train: error: {message}\n")
+    sys.exit(2)
+
+
+def _configure_runtime(f) -> None:
+    """Seeds, determinism and the dtype policy: process-wide settings, set once at the edge."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(f.seed)
+    deterministic = f.deterministic == "true" or (
+        f.deterministic == "auto" and not tf.config.list_physical_devices("GPU"))
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(f.mixed_precision)
+
+
+def run(f=FLAGS) -> dict:
+    """Train, keep best and last checkpoints, evaluate both on the test split, write report.json."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_fastbat import callbacks as cb, data, distribution, methods, models, optim, report
+    from tf_fastbat.checkpoints import write_json_atomic, read_json
+    from tf_fastbat.trainer import AdversarialTrainer
+
+    strategy = distribution.strategy_for(f.distribution)  # before any other TF op (multi-worker needs it)
+    _configure_runtime(f)
+    method = methods.build(f.method, **config.method_hparams(f))
+    eval_eps = config.eval_eps_list(f.eval_eps, f.eps)
+    source = data.load(f.dataset, f.data_dir, f.manual_dir, f.image_size)
+    es_examples = sys.maxsize if f.es_num_examples < 0 else f.es_num_examples
+    splits = data.splits(source, f.batch_size, f.val_ratio, f.seed, es_examples, f.data_dir,
+                         drop_remainder=strategy.num_replicas_in_sync > 1)
+    steps_per_epoch = -(-splits.num_train // f.batch_size)
+    if splits.num_train and strategy.num_replicas_in_sync > 1:
+        steps_per_epoch = splits.num_train // f.batch_size
+    if f.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, f.steps_per_epoch)
+
+    chief = distribution.is_chief()
+    workdir = f.workdir if chief else os.path.join(f.workdir, f".worker-{distribution.worker_index()}")
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    write_json_atomic({**config.as_dict(f), "method_hparams": method.hparams(), "num_classes": source.num_classes,
+                       "class_names": list(source.class_names), "image_shape": list(source.image_shape),
+                       "replicas": strategy.num_replicas_in_sync}, os.path.join(workdir, "config.json"))
+
+    with strategy.scope():
+        classifier = models.build(f.model, source.num_classes, f.activation, f.width_multiplier,
+                                  source.image_shape, source.mean, source.std)
+        trainer = AdversarialTrainer(classifier, method, seed=f.seed)
+        lr = optim.schedule(f.lr_schedule, epochs=f.epochs, steps_per_epoch=steps_per_epoch, lr_max=f.lr_max,
+                            lr_min=f.lr_min, cyclic_milestone=f.cyclic_milestone,
+                            key_epochs=[int(e) for e in f.key_epochs], decay=f.lr_decay_rate)
+        optimizer = optim.CoupledSGD(lr, momentum=f.momentum, l2=f.weight_decay)
+        if f.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        trainer.compile(optimizer=optimizer, jit_compile=f.jit_compile)
+        trainer(np.zeros((1, *source.image_shape), np.float32))  # built, so that BackupAndRestore can restore
+        optimizer.build(classifier.trainable_variables)
+
+    val_x, val_y = splits.validation_arrays if splits.validation_arrays else (None, None)
+    callbacks = [
+        cb.EpochTimer(),
+        cb.NonFiniteLossGuard(),
+        cb.RobustValidation(classifier, checkpoint_dir, val_x, val_y, method.eps or eval_eps[0] / 255.0,
+                            f.es_attack_step, f.es_restarts, f.seed),
+        keras.callbacks.CSVLogger(os.path.join(workdir, "training_log.csv"), append=True),
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), double_checkpoint=True),
+    ]
+    if f.tensorboard:
+        callbacks.insert(3, keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False))
+    start = time.perf_counter()
+    history = trainer.fit(splits.train.repeat(), epochs=f.epochs, steps_per_epoch=steps_per_epoch,
+                          callbacks=callbacks, verbose=1 if chief else 0)
+    train_seconds = time.perf_counter() - start
+
+    if f.eval_num_examples >= 0 and splits.test_arrays:
+        test_x, test_y = (a[:f.eval_num_examples] for a in splits.test_arrays)
+    elif splits.test_arrays:
+        test_x, test_y = splits.test_arrays
+    else:
+        test_x, test_y = _materialize(splits.test, f.eval_num_examples)
+    results = {}
+    for name in ("best", "last"):
+        path = os.path.join(checkpoint_dir, f"{name}.keras")
+        if os.path.exists(path):
+            results[name] = report.evaluate_classifier(models.load(path), test_x, test_y, eval_eps,
+                                                       f.eval_attack_step, f.eval_restarts, f.seed)
+    primary = results.get("best") or results["last"]
+    epoch_seconds = history.history.get("epoch_seconds", [])
+    full = {**primary, "model": "best" if "best" in results else "last", "checkpoints": results,
+            "best_epoch": (read_json(os.path.join(checkpoint_dir, "best.json"), {}) or {}).get("epoch"),
+            "method": method.hparams(), "dataset": source.name, "architecture": f.model,
+            "width_multiplier": f.width_multiplier, "epochs": f.epochs, "train_seconds": train_seconds,
+            "seconds_per_epoch": float(np.median(epoch_seconds)) if epoch_seconds else None,
+            "replicas": strategy.num_replicas_in_sync}
+    if chief:
+        write_json_atomic(full, os.path.join(workdir, "report.json"))
+        table = report.markdown_table(results)
+        with open(os.path.join(workdir, "report.md"), "w") as out:
+            out.write(table + "\n")
+        print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {workdir}):\n{table}")
+    return full
+
+
+def _materialize(dataset, limit: int):
+    import numpy as np
+
+    xs, ys, count = [], [], 0
+    for x, y in dataset:
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+        count += len(x)
+        if 0 <= limit <= count:
+            break
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return (x[:limit], y[:limit]) if limit >= 0 else (x, y)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    from tf_fastbat.callbacks import NonFiniteLossError
+    from tf_fastbat.data import DataError
+
+    try:
+        config.validate_training(FLAGS)
+        run(FLAGS)
+    except (config.ConfigError, DataError, NonFiniteLossError, FileNotFoundError) as error:
+        _fail(str(error))
+    except ValueError as error:
+        if type(error) is ValueError and str(error).startswith("--"):
+            _fail(str(error))
+        raise
+
+
+if __name__ == "__main__":
+    app.run(main)
