@@ -12,8 +12,8 @@ DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottle
 def _preact_block(x, planes, stride, act, prefix):
     out = activation(act)(batch_norm(f"{prefix}_bn1")(x))
     shortcut = x
-    if stride != 1 or x.shape[-1] != planes:
-        shortcut = conv(planes, 1, stride, name=f"{prefix}_shortcut")(out)
+    if stride != 1 or x.shape[-1] != planes:  # the official zoo projects the raw input here (x, not bn-relu(x))
+        shortcut = conv(planes, 1, stride, name=f"{prefix}_shortcut")(x)
     out = conv(planes, 3, stride, name=f"{prefix}_conv1")(out)
     out = conv(planes, 3, 1, name=f"{prefix}_conv2")(activation(act)(batch_norm(f"{prefix}_bn2")(out)))
     return keras.layers.Add(name=f"{prefix}_add")([out, shortcut])

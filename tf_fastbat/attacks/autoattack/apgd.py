@@ -70,7 +70,8 @@ def _build_single_run(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], loss:
                 tape.watch(x_adv)
                 logits = tf.cast(logits_fn(x_adv), tf.float32)
                 loss_vec = loss_fn(logits, y, y_target)
-            grad = tape.gradient(tf.reduce_sum(loss_vec), x_adv)
+                total = tf.reduce_sum(loss_vec)
+            grad = tape.gradient(total, x_adv)
             return logits, loss_vec, tf.zeros_like(x_adv) if grad is None else grad
 
         logits, loss_vec, grad = once()
@@ -130,7 +131,7 @@ def _build_single_run(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], loss:
             cond2 = tf.logical_and(~s["reduced_last_check"], s["loss_best_last_check"] >= loss_best)
             reduce = tf.logical_and(at_check, tf.logical_or(cond1, cond2))
             reduce_b = per_example(reduce, rank)
-            return dict(
+            return (dict(
                 i=i + 1, x_adv=tf.where(reduce_b, x_best, z), x_adv_old=x_cur,
                 grad=tf.where(reduce_b, grad_best, grad), grad_best=grad_best, x_best=x_best,
                 x_best_adv=x_best_adv, loss_best=loss_best, robust=robust,
@@ -138,7 +139,7 @@ def _build_single_run(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], loss:
                 counter=tf.where(at_check, 0, counter),
                 k=tf.where(at_check, tf.maximum(k - size_decr, n_iter_min), k),
                 loss_best_last_check=tf.where(at_check, loss_best, s["loss_best_last_check"]),
-                reduced_last_check=tf.where(at_check, reduce, s["reduced_last_check"]))
+                reduced_last_check=tf.where(at_check, reduce, s["reduced_last_check"])),)
 
         state = tf.while_loop(lambda s: s["i"] < n_iter, body, (state,))[0]
         return state["x_best"], state["robust"], state["loss_best"], state["x_best_adv"], n_zero_grad
