@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import keras
 import tensorflow as tf
 
 from tf_fastbat.methods import Method
 
 
-def replica_noise(shape, eps: float, seed: int, step: tf.Tensor) -> tf.Tensor:
-    """U[-eps, eps] noise from (seed, step, replica): repeatable, different on every replica, resumable."""
+def replicas_in_sync() -> int:
+    """Number of replicas taking part in this step (1 outside tf.distribute)."""
     context = tf.distribute.get_replica_context()
-    replica = tf.cast(context.replica_id_in_sync_group, tf.int64) if context is not None else tf.constant(0, tf.int64)
-    replicas = context.num_replicas_in_sync if context is not None else 1
-    stream = tf.cast(step, tf.int64) * replicas + replica
-    return tf.random.stateless_uniform(shape, seed=tf.stack([tf.constant(seed, tf.int64), stream]),
-                                       minval=-eps, maxval=eps)
+    return 1 if context is None else context.num_replicas_in_sync
 
 
-def global_share(local_batch: tf.Tensor) -> tf.Tensor:
-    """local batch / global batch: turns a replica's batch-mean gradient into its share of the global mean."""
+def batch_layout(local_batch: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(offset of this replica's examples in the global batch, global batch size), both float32.
+
+    Replicas hold consecutive slices of the global batch in replica order (as tf.distribute splits it).
+    """
+    local_batch = tf.cast(local_batch, tf.float32)
+    if replicas_in_sync() == 1:
+        return tf.constant(0.0), local_batch
     context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return tf.constant(1.0)
-    return local_batch / context.all_reduce(tf.distribute.ReduceOp.SUM, local_batch)
+    sizes = context.all_gather(tf.reshape(local_batch, [1]), axis=0)  # one collective gives offset and total
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    return tf.reduce_sum(sizes[:replica]), tf.reduce_sum(sizes)
+
+
+def replica_noise(shape: tf.Tensor, eps: float, seed: int, step: tf.Tensor, offset: tf.Tensor,
+                  global_batch: tf.Tensor) -> tf.Tensor:
+    """U[-eps, eps] noise: this replica's slice of one global-batch draw from (seed, step).
+
+    Every example gets the noise it would get on one device, so distributed runs repeat single-device runs.
+    """
+    start, total = tf.cast(offset, tf.int32), tf.cast(global_batch, tf.int32)
+    global_shape = tf.concat([tf.reshape(total, [1]), shape[1:]], axis=0)
+    noise = tf.random.stateless_uniform(global_shape, seed=tf.stack([tf.constant(seed, tf.int64),
+                                                                     tf.cast(step, tf.int64)]),
+                                        minval=-eps, maxval=eps)
+    return noise[start:start + shape[0]]
+
+
+def loss_scale(optimizer) -> Optional[tf.Tensor]:
+    """The factor Keras wants losses multiplied by before differentiation (float16), or None when there is none."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or optimizer.loss_scale_factor is not None:
+        return tf.cast(optimizer.scale_loss(tf.constant(1.0, tf.float32)), tf.float32)
+    return None
 
 
 class AdversarialTrainer(keras.Model):
@@ -47,10 +72,15 @@ class AdversarialTrainer(keras.Model):
     def train_step(self, data):
         x, y = data
         x = tf.cast(x, tf.float32)
-        noise = replica_noise(tf.shape(x), self.method.eps, self.seed, self.optimizer.iterations)
-        result = self.method.step(self.classifier, x, y, noise)
-        share = global_share(tf.cast(tf.shape(x)[0], tf.float32))
-        grads = [g * share for g in result.grads]
+        offset, global_batch = batch_layout(tf.shape(x)[0])
+        noise = replica_noise(tf.shape(x), self.method.eps, self.seed, self.optimizer.iterations, offset,
+                              global_batch)
+        # Gradients come back multiplied by the loss scale (float16); the LossScaleOptimizer divides it out.
+        result = self.method.step(self.classifier, x, y, noise, loss_scale=loss_scale(self.optimizer))
+        grads = result.grads
+        if replicas_in_sync() > 1:  # each replica's batch-mean gradient becomes its share of the global mean
+            share = tf.cast(tf.shape(x)[0], tf.float32) / global_batch  # the optimizer sums over replicas
+            grads = [g * tf.cast(share, g.dtype) for g in grads]
         self.optimizer.apply_gradients(zip(grads, self.classifier.trainable_variables))
         logits = tf.cast(result.logits, tf.float32)
         self.loss_tracker.update_state(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits))

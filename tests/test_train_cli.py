@@ -1,0 +1,92 @@
+"""The training command end to end (subprocesses): bad input, a short run's artifacts, resuming a killed run."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import BUNDLED_SLICE, ROOT
+
+TINY = [f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32", "--steps_per_epoch=2",
+        "--es_attack_step=2", "--es_restarts=1", "--es_num_examples=32", "--eval_attack_step=3",
+        "--eval_restarts=1", "--eval_num_examples=64", "--tensorboard=false"]
+
+
+def train(*args, check=True, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "tf_fastbat.train", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--eps=0.03", "--eps=0.03: eps and step sizes are in 1/255 units"),
+    ("--attack_lr=0.5", "--attack_lr=0.5"),
+    ("--dataset=npz:/nonexistent/data.npz", "/nonexistent/data.npz: file not found"),
+    ("--val_ratio=1.5", "--val_ratio=1.5"),
+    ("--lmbda=-1", "--lmbda=-1.0: must be positive"),
+])
+def test_bad_input_gets_one_line_naming_the_flag(tmp_path, flag, message):
+    result = train(f"--workdir={tmp_path}", "--dataset=npz:" + str(BUNDLED_SLICE), flag, check=False, timeout=120)
+    assert result.returncode == 2
+    lines = [l for l in result.stderr.splitlines() if "tf_fastbat.train: error" in l]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_method_is_refused_by_the_flag_parser(tmp_path):
+    result = train(f"--workdir={tmp_path}", "--method=fgsm", check=False, timeout=120)
+    assert result.returncode != 0 and "--method" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_short_fast_bat_run_writes_checkpoints_log_and_report(tmp_path):
+    result = train(f"--workdir={tmp_path}", "--method=fast_bat", "--epochs=2", *TINY)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["robust_accuracy"]) == {"pgd-3-1"} and set(report["robust_accuracy"]["pgd-3-1"]) == {"8/255"}
+    assert report["num_examples"] == 64 and 0 <= report["robust_accuracy"]["pgd-3-1"]["8/255"] <= report[
+        "clean_accuracy"] <= 1
+    assert report["method"]["lmbda"] == 10.0 and report["method"]["eps"] == pytest.approx(8 / 255)
+    for name in ("best.keras", "last.keras", "best.json"):
+        assert (tmp_path / "checkpoints" / name).exists()
+    rows = list(csv.DictReader(open(tmp_path / "training_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"val_robust_accuracy", "val_clean_accuracy", "epoch_seconds", "learning_rate"} <= set(rows[0])
+    assert "| best |" in result.stdout
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["method"] == "fast_bat" and config["eps"] == 8.0
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+    args = [f"--workdir={tmp_path}", "--method=fast_at", "--epochs=4", *TINY]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "tf_fastbat.train", *args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = tmp_path / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.loads(metadata.read_text())["epoch"]
+    assert 2 <= done < 4, "the run must be killed mid-way for this test to mean anything"
+    train(*args)
+    rows = list(csv.DictReader(open(tmp_path / "training_log.csv")))
+    epochs = [int(r["epoch"]) for r in rows]
+    assert epochs[-4:] == [0, 1, 2, 3][-len(epochs[-4:]):] and sorted(set(epochs)) == [0, 1, 2, 3]
+    assert epochs.count(0) == 1, "a resumed run must not start over"
+    # The cyclic schedule over 4 x 2 steps: lr at the end of each epoch is 0.1, 0.2, 0.1, 0 only if the
+    # optimizer's step counter was restored with the weights.
+    lrs = {int(r["epoch"]): float(r["learning_rate"]) for r in rows}
+    np.testing.assert_allclose([lrs[e] for e in range(4)], [0.1, 0.2, 0.1, 0.0], atol=1e-6)
+    assert (tmp_path / "report.json").exists()
