@@ -90,3 +90,15 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     lrs = {int(r["epoch"]): float(r["learning_rate"]) for r in rows}
     np.testing.assert_allclose([lrs[e] for e in range(4)], [0.1, 0.2, 0.1, 0.0], atol=1e-6)
     assert (tmp_path / "report.json").exists()
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_no_nan_checkpoint(tmp_path):
+    result = train(f"--workdir={tmp_path}", "--method=fast_at", "--epochs=2", "--lr_max=1e12", *TINY, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [l for l in result.stderr.splitlines() if "tf_fastbat.train: error" in l]
+    assert len(lines) == 1 and "training loss became" in lines[0] and "--lr_max" in lines[0]
+    assert "Traceback" not in result.stderr
+    from tf_fastbat import models
+
+    for path in (tmp_path / "checkpoints").glob("*.keras"):  # whatever was saved before the NaN is finite
+        assert all(np.isfinite(w).all() for w in models.load(str(path)).get_weights())

@@ -105,7 +105,7 @@ def _build_single_run(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], loss:
             i = s["i"]
             momentum = tf.where(i > 0, 0.75, 1.0)
             x_cur, step = s["x_adv"], per_example(s["step_size"], rank)
-            z = project_linf_box(x_cur - step * tf.sign(s["grad"]), x, eps)
+            z = project_linf_box(x_cur + step * tf.sign(s["grad"]), x, eps)
             z = project_linf_box(x_cur + (z - x_cur) * momentum + (x_cur - s["x_adv_old"]) * (1.0 - momentum),
                                  x, eps)
             logits, loss_vec, grad = loss_and_grad(z, y, y_target)
