@@ -59,7 +59,8 @@ def test_short_fast_bat_run_writes_checkpoints_log_and_report(tmp_path):
         assert (tmp_path / "checkpoints" / name).exists()
     rows = list(csv.DictReader(open(tmp_path / "training_log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert {"val_robust_accuracy", "val_clean_accuracy", "epoch_seconds", "learning_rate"} <= set(rows[0])
+    assert {"val_robust_accuracy", "val_clean_accuracy", "epoch_seconds", "learning_rate",
+            "gradient_alignment"} <= set(rows[0])
     assert "| best |" in result.stdout
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["method"] == "fast_bat" and config["eps"] == 8.0

@@ -81,6 +81,9 @@ def define_compute_flags() -> None:
     flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                       "Keras dtype policy; float16 adds loss scaling.")
     flags.DEFINE_boolean("tensorboard", True, "Write TensorBoard logs under workdir/tensorboard.")
+    flags.DEFINE_string("export_dir", None, "If set: at the end, export last then best as TF Serving SavedModels "
+                        "to export_dir/export_model_name/<version> (the newest, best, is the one served).")
+    flags.DEFINE_string("export_model_name", "tf_fastbat", "TF Serving model name under --export_dir.")
 
 
 def define_training_flags() -> None:
@@ -168,6 +171,13 @@ def validate_training(f=FLAGS) -> None:
         raise ConfigError(f"--key_epochs={','.join(f.key_epochs)}: not a list of integers") from error
     method_hparams(f)
     eval_eps_list(f.eval_eps, f.eps)
+    if f.export_dir:
+        from tf_fastbat.export import ExportError, validate_model_name
+
+        try:
+            validate_model_name(f.export_model_name)
+        except ExportError as error:
+            raise ConfigError(str(error).replace("--model_name", "--export_model_name")) from error
 
 
 def as_dict(f=FLAGS) -> Dict:
@@ -180,4 +190,4 @@ _OWN_FLAGS = (
     "method eps attack_lr lmbda linearization ga_coef attack_step epochs batch_size lr_schedule lr_max lr_min "
     "cyclic_milestone key_epochs lr_decay_rate momentum weight_decay steps_per_epoch es_attack_step es_restarts "
     "es_num_examples eval_attack_step eval_restarts eval_num_examples eval_eps distribution jit_compile "
-    "mixed_precision tensorboard").split()
+    "mixed_precision tensorboard export_dir export_model_name").split()

@@ -20,6 +20,17 @@ def pgd_name(steps: int, restarts: int) -> str:
     return f"pgd-{steps}-{restarts}"
 
 
+def parse_eps_key(key: str) -> float:
+    """The inverse of eps_key: "8/255" -> 8.0 (1/255 units)."""
+    numerator, _, denominator = key.partition("/")
+    if denominator != "255":
+        raise ValueError(f"not an eps key of the form 'N/255': {key!r}")
+    return float(numerator)
+
+
+AUTOATTACK_NAME = "autoattack"
+
+
 def evaluate_classifier(classifier: keras.Model, x: np.ndarray, y: np.ndarray, eps_list_255: Sequence[float],
                         steps: int, restarts: int, seed: int, batch_size: int = 256) -> Dict:
     """Clean accuracy and PGD robust accuracy at each eps, in the report's format."""

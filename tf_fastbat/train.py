@@ -40,6 +40,7 @@ def run(f=FLAGS) -> dict:
 
     from tf_fastbat import callbacks as cb, data, distribution, methods, models, optim, report
     from tf_fastbat.checkpoints import write_json_atomic, read_json
+    from tf_fastbat.metrics import GradientAlignmentLogger
     from tf_fastbat.trainer import AdversarialTrainer
 
     strategy = distribution.strategy_for(f.distribution)  # before any other TF op (multi-worker needs it)
@@ -87,8 +88,12 @@ def run(f=FLAGS) -> dict:
         keras.callbacks.CSVLogger(os.path.join(workdir, "training_log.csv"), append=True),
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), double_checkpoint=True),
     ]
+    if val_x is not None:  # before CSVLogger/TensorBoard, so that they record logs["gradient_alignment"] (Fig. 2)
+        callbacks.insert(3, GradientAlignmentLogger(classifier, val_x[:512], val_y[:512],
+                                                    method.eps or eval_eps[0] / 255.0, seed=f.seed))
     if f.tensorboard:
-        callbacks.insert(3, keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False))
+        callbacks.insert(len(callbacks) - 2, keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
+                                                                         write_graph=False))
     start = time.perf_counter()
     history = trainer.fit(splits.train.repeat(), epochs=f.epochs, steps_per_epoch=steps_per_epoch,
                           callbacks=callbacks, verbose=1 if chief else 0)
@@ -120,6 +125,11 @@ def run(f=FLAGS) -> dict:
         with open(os.path.join(workdir, "report.md"), "w") as out:
             out.write(table + "\n")
         print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {workdir}):\n{table}")
+        if f.export_dir:
+            from tf_fastbat.export import export_after_training
+
+            exported = export_after_training(workdir, f.export_dir, f.export_model_name, examples=(test_x, test_y))
+            print("\n".join(f"exported {kind}: {path}" for kind, path in exported.items()))
     return full
 
 
@@ -142,11 +152,12 @@ def main(argv) -> None:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     from tf_fastbat.callbacks import NonFiniteLossError
     from tf_fastbat.data import DataError
+    from tf_fastbat.export import ExportError
 
     try:
         config.validate_training(FLAGS)
         run(FLAGS)
-    except (config.ConfigError, DataError, NonFiniteLossError, FileNotFoundError) as error:
+    except (config.ConfigError, DataError, NonFiniteLossError, ExportError, FileNotFoundError) as error:
         _fail(str(error))
     except ValueError as error:
         if type(error) is ValueError and str(error).startswith("--"):

@@ -69,8 +69,19 @@ class AdversarialTrainer(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras' symbolic build when classifier and optimizer are built (train.py builds both before fit).
+
+        Keras 3 reduces a first batch across replicas there, which fails under MultiWorkerMirroredStrategy
+        (keras-team/keras#20585); with everything built that build has nothing to do.
+        """
+        optimizer_built = self.optimizer is None or self.optimizer.built
+        if optimizer_built and all(layer.built for layer in self._flatten_layers()):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, data):
-        x, y = data
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)  # fit gives (x, y), train_on_batch (x, y, None)
         x = tf.cast(x, tf.float32)
         offset, global_batch = batch_layout(tf.shape(x)[0])
         noise = replica_noise(tf.shape(x), self.method.eps, self.seed, self.optimizer.iterations, offset,
@@ -85,12 +96,24 @@ class AdversarialTrainer(keras.Model):
         logits = tf.cast(result.logits, tf.float32)
         self.loss_tracker.update_state(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits))
         self.accuracy_tracker.update_state(y, logits)
-        return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result(),
-                "learning_rate": self.optimizer.learning_rate}
+        return self._for_keras_reduction({"loss": self.loss_tracker.result(),
+                                          "accuracy": self.accuracy_tracker.result(),
+                                          "learning_rate": self.optimizer.learning_rate})
 
     def test_step(self, data):
-        x, y = data
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         logits = tf.cast(self.classifier(x, training=False), tf.float32)
         self.loss_tracker.update_state(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits))
         self.accuracy_tracker.update_state(y, logits)
-        return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+        return self._for_keras_reduction({"loss": self.loss_tracker.result(),
+                                          "accuracy": self.accuracy_tracker.result()})
+
+    def _for_keras_reduction(self, logs: dict) -> dict:
+        """Scalar logs, shaped [1] with several workers: Keras then reduces them with MEAN over axis 0, which a
+        scalar does not have (keras-team/keras#20585); the reduced logs are scalars again."""
+        strategy = self.distribute_strategy
+        multi_worker = (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                        and strategy.extended._in_multi_worker_mode())  # Keras' own test for that reduction
+        if not multi_worker:
+            return logs
+        return {name: tf.reshape(tf.cast(value, tf.float32), [1]) for name, value in logs.items()}

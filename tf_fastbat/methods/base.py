@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -24,8 +24,13 @@ class Method:
 
     name = "method"
 
-    def step(self, model, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor) -> Step:
-        """Gradient of the batch-mean objective (weight decay excluded), the input used, and its logits."""
+    def step(self, model, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor,
+             loss_scale: Optional[tf.Tensor] = None) -> Step:
+        """Gradient of the batch-mean objective (weight decay excluded), the input used, and its logits.
+
+        With `loss_scale` S (float16 training) every differentiated loss is multiplied by S: the returned
+        gradients are S times the true ones (the LossScaleOptimizer divides S out); attack directions are not.
+        """
         raise NotImplementedError
 
     def gradients(self, model, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor):

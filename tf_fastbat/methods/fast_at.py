@@ -18,8 +18,8 @@ class FastAT(Method):
     def step_size(self) -> float:
         return 1.25 * self.eps if self.attack_lr is None else self.attack_lr
 
-    def step(self, model, x, y, noise):
+    def step(self, model, x, y, noise, loss_scale=None):
         random_start = project(noise, x, self.eps)
-        delta = project(signed_step(model, x, y, random_start, self.step_size()), x, self.eps)
+        delta = project(signed_step(model, x, y, random_start, self.step_size(), loss_scale), x, self.eps)
         x_adv = x + delta
-        return train_on(model, x_adv, y)
+        return train_on(model, x_adv, y, loss_scale)

@@ -8,7 +8,7 @@ from typing import Optional
 import tensorflow as tf
 
 from tf_fastbat.methods.base import Method, Step
-from tf_fastbat.methods.common import ce_mean, input_gradient, project
+from tf_fastbat.methods.common import ce_mean, input_gradient, project, scaled
 
 # Official coefficients for eps = 2, 4, ..., 16 (/255).
 GA_COEF_BY_EPS = {2: 0.036, 4: 0.063, 6: 0.112, 8: 0.2, 10: 0.356, 12: 0.632, 14: 1.124, 16: 2.0}
@@ -43,10 +43,10 @@ class FastATGA(Method):
     def coefficient(self) -> float:
         return default_ga_coef(self.eps) if self.ga_coef is None else self.ga_coef
 
-    def step(self, model, x, y, noise):
+    def step(self, model, x, y, noise, loss_scale=None):
         step = 1.25 * self.eps if self.attack_lr is None else self.attack_lr
         # One clean input gradient serves both the FGSM direction and the alignment's clean side (detached).
-        clean_gradient = tf.stop_gradient(input_gradient(model, x, y, tf.zeros_like(x)))
+        clean_gradient = tf.stop_gradient(input_gradient(model, x, y, tf.zeros_like(x), loss_scale))
         delta = project(step * tf.sign(clean_gradient), x, self.eps)
         x_adv = x + delta
         with tf.GradientTape() as tape:
@@ -55,8 +55,10 @@ class FastATGA(Method):
             random_point = project(noise, x, self.eps)
             with tf.GradientTape() as inner:
                 inner.watch(random_point)
-                noisy_loss = ce_mean(model(x + random_point, training=True), y)
-            noisy_gradient = inner.gradient(noisy_loss, random_point)  # double back-prop through this one only
+                noisy_loss = scaled(ce_mean(model(x + random_point, training=True), y), loss_scale)
+            # Double back-prop through this one only; a loss scale S leaves the cosine unchanged, so the
+            # double backward runs on S times the gradient (no float16 underflow) and returns S times the term.
+            noisy_gradient = inner.gradient(noisy_loss, random_point)
             regularizer = self.coefficient() * (1.0 - gradient_alignment(clean_gradient, noisy_gradient))
-            loss = adversarial_loss + regularizer
+            loss = scaled(adversarial_loss + regularizer, loss_scale)
         return Step(tape.gradient(loss, model.trainable_variables), x_adv, logits)

@@ -8,7 +8,7 @@ from typing import Optional
 import tensorflow as tf
 
 from tf_fastbat.methods.base import Method, Step
-from tf_fastbat.methods.common import ce_sum, input_gradient, project
+from tf_fastbat.methods.common import ce_sum, input_gradient, project, scaled, unscaled
 
 LINEARIZATIONS = ("pgd_nosign", "pgd_sign", "uniform", "corner")
 INTERIOR_MARGIN = 1e-7
@@ -44,41 +44,47 @@ class FastBAT(Method):
     def step_size(self) -> float:
         return default_attack_lr(self.eps) if self.attack_lr is None else self.attack_lr
 
-    def linearization_point(self, model, x, y, noise) -> tf.Tensor:
+    def linearization_point(self, model, x, y, noise, loss_scale=None) -> tf.Tensor:
         """z, the point where the lower-level loss is linearized (Remark 2, Table A3)."""
         random_start = project(noise, x, self.eps)
         if self.linearization == "uniform":
             return random_start
         if self.linearization == "corner":
             return project(self.eps * tf.sign(noise), x, self.eps)
-        gradient = input_gradient(model, x, y, random_start)
+        gradient = input_gradient(model, x, y, random_start, loss_scale)
         if self.linearization == "pgd_sign":
             return project(random_start + 1.25 * self.eps * tf.sign(gradient), x, self.eps)
         return project(random_start + self.step_size() * gradient, x, self.eps)
 
-    def step(self, model, x, y, noise):
+    def step(self, model, x, y, noise, loss_scale=None):
         a = self.step_size()
-        z = tf.stop_gradient(self.linearization_point(model, x, y, noise))
+        z = tf.stop_gradient(self.linearization_point(model, x, y, noise, loss_scale))
         variables = model.trainable_variables
         with tf.GradientTape() as cross_tape:
             with tf.GradientTape() as z_tape:
                 z_tape.watch(z)
-                loss_at_z = ce_sum(model(x + z, training=True), y)
-            grad_at_z = z_tape.gradient(loss_at_z, z)  # a function of theta, kept for the cross term
+                loss_at_z = scaled(ce_sum(model(x + z, training=True), y), loss_scale)
+            scaled_grad_at_z = z_tape.gradient(loss_at_z, z)  # a function of theta, kept for the cross term
+        grad_at_z = unscaled(scaled_grad_at_z, loss_scale)
         lower_level_solution = tf.stop_gradient(project(z + a * grad_at_z, x, self.eps))  # eq. 8
         batch_size = tf.cast(tf.shape(x)[0], tf.float32)
         # One forward/backward at delta* gives both the theta- and the delta-gradient of CE.
         with tf.GradientTape() as star_tape:
             star_tape.watch(lower_level_solution)
             logits = model(x + lower_level_solution, training=True)
-            loss_at_star = ce_sum(logits, y)
+            loss_at_star = scaled(ce_sum(logits, y), loss_scale)
         grad_theta_star, grad_delta_star = star_tape.gradient(loss_at_star, [variables, lower_level_solution])
         mask = interior_mask(lower_level_solution, x, self.eps)
         # eqs. 10-11: d delta*/d theta^T g = (1/lambda) grad_theta <grad_delta CE(z), H g>, Hessian-free.
-        weight = tf.stop_gradient(mask * grad_delta_star) / (self.lmbda * batch_size)
-        implicit_gradient = cross_tape.gradient(grad_at_z, variables, output_gradients=weight)
+        direction = tf.stop_gradient(mask * unscaled(grad_delta_star, loss_scale))  # H g
+        # The cross term is linear in the cotangent, so constant factors go on its result: 1/(lambda B) always,
+        # and under loss scaling (float16) also max|H g|, so that the double backward runs on a cotangent of
+        # size 1 (small gradients would underflow) while the primal S grad_at_z carries the loss scale S.
+        peak = 1.0 if loss_scale is None else tf.maximum(tf.reduce_max(tf.abs(direction)), 1e-30)
+        cross_term = cross_tape.gradient(scaled_grad_at_z, variables, output_gradients=direction / peak)
+        implicit_weight = peak / (self.lmbda * batch_size)
         grads = [
-            g / batch_size if ig is None else g / batch_size + ig
-            for g, ig in zip(grad_theta_star, implicit_gradient)
+            g / batch_size if cross is None else g / batch_size + tf.cast(implicit_weight, cross.dtype) * cross
+            for g, cross in zip(grad_theta_star, cross_term)
         ]
         return Step(grads, x + lower_level_solution, logits)

@@ -30,9 +30,9 @@ class PGD(Method):
     def step_size(self) -> float:
         return default_step_size(self.eps, self.steps) if self.attack_lr is None else self.attack_lr
 
-    def step(self, model, x, y, noise):
+    def step(self, model, x, y, noise, loss_scale=None):
         delta = project(noise, x, self.eps)
         for _ in range(self.steps):
-            delta = project(signed_step(model, x, y, delta, self.step_size()), x, self.eps)
+            delta = project(signed_step(model, x, y, delta, self.step_size(), loss_scale), x, self.eps)
         x_adv = x + tf.stop_gradient(delta)
-        return train_on(model, x_adv, y)
+        return train_on(model, x_adv, y, loss_scale)

@@ -12,6 +12,6 @@ from tf_fastbat.methods.common import train_on
 class Standard(Method):
     name = "standard"
 
-    def step(self, model, x, y, noise):
+    def step(self, model, x, y, noise, loss_scale=None):
         del noise
-        return train_on(model, x, y)
+        return train_on(model, x, y, loss_scale)

@@ -1,0 +1,374 @@
+"""Client for a tf_fastbat classifier on TensorFlow Serving: REST (JSON, base64 image bytes) and gRPC Predict.
+
+    python -m export.client --rest=http://localhost:8501 cat.png dog.jpg          # files: predict_images_bytes
+    python -m export.client --grpc=localhost:8500 --npy=images.npy                # float arrays: serving_default
+
+Requests are validated before anything is sent (rank, channels, dtype, values in [0, 1], bytes that decode)
+and sent in batches. The REST path needs only numpy (and Pillow, if installed, to check that image bytes
+decode); the gRPC path needs grpcio, tensorflow-serving-api and TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_MODEL_NAME = "tf_fastbat"
+IMAGES_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "predict_images_bytes"
+IMAGES_INPUT = "images"
+BYTES_INPUT = "image_bytes"
+REQUEST_FORMATS = ("instances", "inputs")
+_MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
+_OUTPUT_DTYPES = {"logits": np.float32, "probabilities": np.float32, "classes": np.int64}
+
+
+class ClientError(ValueError):
+    """A request the client refuses to send (malformed images or bytes, bad settings); nothing was sent."""
+
+
+class ServingError(RuntimeError):
+    """The server failed the request, or could not be reached; the message carries the server's own."""
+
+
+def _one_line(message: str) -> str:
+    """A multi-line server message (TF's graph errors span several lines) on one line."""
+    return " ".join(str(message).split())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation: what TF Serving would reject (or silently misread) is refused here, with the reason.
+
+def validate_images(images, image_shape: Optional[Sequence[int]] = None) -> np.ndarray:
+    """A float32 batch [N, H, W, C] with values in [0, 1], or a ClientError naming what is wrong."""
+    try:
+        array = np.asarray(images)
+    except ValueError as error:
+        raise ClientError(f"images are not a rectangular array ({error})") from error
+    if array.dtype == object:
+        raise ClientError("images are not a rectangular numeric array (ragged nesting or mixed types)")
+    if not np.issubdtype(array.dtype, np.floating):
+        hint = " (for 0-255 pixels send images / 255)" if np.issubdtype(array.dtype, np.integer) else ""
+        raise ClientError(f"images must be floating-point values in [0, 1], got dtype {array.dtype}{hint}")
+    if array.ndim != 4:
+        hint = " (one image: add a batch axis, images[None])" if array.ndim == 3 else ""
+        raise ClientError(f"images must have shape [batch, height, width, channels], got shape {array.shape}{hint}")
+    if len(array) == 0:
+        raise ClientError("no images to send (the batch is empty)")
+    if image_shape is not None and tuple(array.shape[1:]) != tuple(image_shape):
+        raise ClientError(f"images of shape {tuple(array.shape[1:])} (height, width, channels) do not fit the "
+                          f"model's input {tuple(image_shape)}")
+    if array.shape[-1] not in (1, 3):
+        raise ClientError(f"images must have 1 or 3 channels last (NHWC), got {array.shape[-1]} in shape "
+                          f"{array.shape}; channels-first arrays need a transpose to NHWC")
+    if not np.all(np.isfinite(array)):
+        raise ClientError("images contain NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        raise ClientError(f"image values must lie in [0, 1], found [{low:g}, {high:g}] "
+                          "(for 0-255 pixels send images / 255)")
+    return array.astype(np.float32)
+
+
+def image_format(blob: bytes) -> Optional[str]:
+    """'jpeg' or 'png' from the file signature, else None."""
+    for name, magic in _MAGIC.items():
+        if blob[:len(magic)] == magic:
+            return name
+    return None
+
+
+def _decode_problem(blob: bytes) -> Optional[str]:
+    """Why Pillow cannot fully decode `blob` (None if it can, or if Pillow is not installed)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            image.load()
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... for corrupt data
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def validate_image_bytes(blobs) -> List[bytes]:
+    """A list of JPEG/PNG files as bytes, each checked to decode, or a ClientError naming the bad one."""
+    if isinstance(blobs, (bytes, bytearray, str)):
+        raise ClientError("image bytes must be a list of encoded files (one bytes object per image)")
+    checked = []
+    for index, blob in enumerate(blobs):
+        if not isinstance(blob, (bytes, bytearray)):
+            raise ClientError(f"image {index}: expected the bytes of a JPEG or PNG file, got {type(blob).__name__}")
+        kind = image_format(blob)
+        if kind is None:
+            raise ClientError(f"image {index}: not a JPEG or PNG file (it starts with {bytes(blob[:8])!r})")
+        problem = _decode_problem(bytes(blob))
+        if problem:
+            raise ClientError(f"image {index}: the {kind.upper()} data does not decode ({problem})")
+        checked.append(bytes(blob))
+    if not checked:
+        raise ClientError("no images to send (the list is empty)")
+    return checked
+
+
+def read_image_files(paths: Sequence[str]) -> List[bytes]:
+    """The bytes of each file; a missing or unreadable file is a ClientError."""
+    blobs = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                blobs.append(f.read())
+        except OSError as error:
+            raise ClientError(f"{path}: cannot read ({error.strerror or error})") from error
+    return blobs
+
+
+def read_metadata(path: str) -> Dict:
+    """An export's metadata.json: the file itself, a version dir, or DIR/NAME (its newest version)."""
+    candidates = [path, os.path.join(path, "assets", "metadata.json")]
+    if os.path.isdir(path):
+        versions = sorted((int(e) for e in os.listdir(path) if e.isdigit()), reverse=True)
+        candidates += [os.path.join(path, str(v), "assets", "metadata.json") for v in versions]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate) as f:
+                    return json.load(f)
+            except (OSError, ValueError) as error:
+                raise ClientError(f"{candidate}: not readable JSON ({error})") from error
+    raise ClientError(f"--metadata={path}: no metadata.json there (give the file, a version dir or DIR/NAME)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Clients.
+
+class _PredictClient:
+    """Validation and batching shared by the REST and gRPC clients; subclasses send one batch."""
+
+    def __init__(self, model_name: str, version: Optional[int], timeout: float,
+                 image_shape: Optional[Sequence[int]]):
+        if version is not None and int(version) < 1:
+            raise ClientError(f"model version must be a positive integer, got {version}")
+        self.model_name = model_name
+        self.version = None if version is None else int(version)
+        self.timeout = timeout
+        self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
+
+    def predict(self, images, batch_size: int = 64) -> Dict[str, np.ndarray]:
+        """logits, probabilities and classes of [N, H, W, C] float images in [0, 1] (serving_default)."""
+        return self._in_batches(IMAGES_SIGNATURE, IMAGES_INPUT, validate_images(images, self.image_shape),
+                                batch_size)
+
+    def predict_bytes(self, blobs: Sequence[bytes], batch_size: int = 64) -> Dict[str, np.ndarray]:
+        """The same outputs for encoded JPEG/PNG files, decoded and resized by the server (predict_images_bytes)."""
+        return self._in_batches(BYTES_SIGNATURE, BYTES_INPUT, validate_image_bytes(blobs), batch_size)
+
+    def _in_batches(self, signature: str, input_name: str, values, batch_size: int) -> Dict[str, np.ndarray]:
+        if batch_size < 1:
+            raise ClientError(f"batch_size must be >= 1, got {batch_size}")
+        parts = [self._send(signature, input_name, values[start:start + batch_size])
+                 for start in range(0, len(values), batch_size)]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def _send(self, signature: str, input_name: str, batch) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def _as_output(name: str, value) -> np.ndarray:
+    return np.asarray(value, dtype=_OUTPUT_DTYPES.get(name))
+
+
+class RestClient(_PredictClient):
+    """TF Serving's REST predict API: POST {url}/v1/models/{name}[/versions/{v}]:predict with JSON."""
+
+    def __init__(self, url: str, model_name: str = DEFAULT_MODEL_NAME, version: Optional[int] = None,
+                 request_format: str = "instances", timeout: float = 60.0,
+                 image_shape: Optional[Sequence[int]] = None):
+        super().__init__(model_name, version, timeout, image_shape)
+        if request_format not in REQUEST_FORMATS:
+            raise ClientError(f"request format must be one of {', '.join(REQUEST_FORMATS)}, got {request_format!r}")
+        if not url.startswith(("http://", "https://")):
+            raise ClientError(f"REST url must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.request_format = request_format
+
+    @property
+    def endpoint(self) -> str:
+        version = f"/versions/{self.version}" if self.version is not None else ""
+        return f"{self.url}/v1/models/{self.model_name}{version}:predict"
+
+    def request_body(self, signature: str, input_name: str, batch) -> Dict:
+        """The JSON request: row format ("instances") or columnar ("inputs"); bytes as {"b64": ...}."""
+        if input_name == BYTES_INPUT:
+            values = [{"b64": base64.b64encode(blob).decode("ascii")} for blob in batch]
+        else:
+            values = np.asarray(batch, np.float32).tolist()
+        if self.request_format == "instances":
+            return {"signature_name": signature, "instances": values}
+        return {"signature_name": signature, "inputs": {input_name: values}}
+
+    def _send(self, signature: str, input_name: str, batch) -> Dict[str, np.ndarray]:
+        body = json.dumps(self.request_body(signature, input_name, batch)).encode("utf-8")
+        request = urllib.request.Request(self.endpoint, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as error:
+            raise ServingError(f"HTTP {error.code} from {self.endpoint}: {_one_line(_error_message(error))}") from error
+        except urllib.error.URLError as error:
+            raise ServingError(f"cannot reach {self.endpoint}: {error.reason}") from error
+        except (OSError, ValueError) as error:  # timeouts, resets, a body that is not JSON
+            raise ServingError(f"no usable answer from {self.endpoint}: {error}") from error
+        return parse_rest_response(payload)
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    """TF Serving's {"error": ...} body of an HTTP error, else the raw body or reason."""
+    try:
+        text = error.read().decode("utf-8", "replace")
+    except OSError:
+        return str(error.reason)
+    try:
+        return str(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        return text.strip() or str(error.reason)
+
+
+def parse_rest_response(payload: Dict) -> Dict[str, np.ndarray]:
+    """Outputs by name from a "predictions" (row) or "outputs" (columnar) response."""
+    if "error" in payload:
+        raise ServingError(_one_line(payload["error"]))
+    if "predictions" in payload:
+        rows = payload["predictions"]
+        if rows and isinstance(rows[0], dict):
+            return {name: _as_output(name, [row[name] for row in rows]) for name in rows[0]}
+        return {"predictions": np.asarray(rows)}
+    if "outputs" in payload:
+        outputs = payload["outputs"]
+        if isinstance(outputs, dict):
+            return {name: _as_output(name, value) for name, value in outputs.items()}
+        return {"outputs": np.asarray(outputs)}
+    raise ServingError(f"unexpected response (no predictions, outputs or error): {str(payload)[:200]}")
+
+
+class GrpcClient(_PredictClient):
+    """TF Serving's gRPC PredictionService.Predict (default port 8500)."""
+
+    def __init__(self, target: str, model_name: str = DEFAULT_MODEL_NAME, version: Optional[int] = None,
+                 timeout: float = 60.0, image_shape: Optional[Sequence[int]] = None, channel=None):
+        super().__init__(model_name, version, timeout, image_shape)
+        try:
+            import grpc
+            from tensorflow_serving.apis import prediction_service_pb2_grpc
+        except ImportError as error:
+            raise ClientError(f"the gRPC client needs grpcio, tensorflow and tensorflow-serving-api ({error}); "
+                              "pip install grpcio && pip install --no-deps tensorflow-serving-api") from error
+
+        self.target = target
+        self._grpc = grpc
+        self._channel = channel or grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def request(self, signature: str, input_name: str, batch):
+        """The PredictRequest protobuf for one batch."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        if input_name == BYTES_INPUT:
+            tensor = tf.make_tensor_proto(list(batch), dtype=tf.string, shape=[len(batch)])
+        else:
+            tensor = tf.make_tensor_proto(np.asarray(batch, np.float32))
+        request.inputs[input_name].CopyFrom(tensor)
+        return request
+
+    def _send(self, signature: str, input_name: str, batch) -> Dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        try:
+            response = self._stub.Predict(self.request(signature, input_name, batch), timeout=self.timeout)
+        except self._grpc.RpcError as error:
+            raise ServingError(f"gRPC {error.code().name} from {self.target}: {_one_line(error.details())}") from error
+        return {name: _as_output(name, tf.make_ndarray(tensor)) for name, tensor in response.outputs.items()}
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line.
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export.client", description=__doc__.split("\n\n")[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--rest", metavar="URL", help="REST endpoint, e.g. http://localhost:8501")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC endpoint, e.g. localhost:8500")
+    parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME, help="TF Serving model name")
+    parser.add_argument("--model_version", type=int, default=None, help="a version (default: the served one)")
+    parser.add_argument("--format", choices=REQUEST_FORMATS, default="instances", help="REST request format")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per request")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument("--metadata", help="the export's metadata.json (or its version dir / DIR/NAME): class "
+                        "names and the input shape")
+    parser.add_argument("--npy", help="a .npy of float images [N, H, W, C] in [0, 1] (sent to serving_default)")
+    parser.add_argument("files", nargs="*", help="JPEG/PNG files (sent as bytes to predict_images_bytes)")
+    return parser
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ClientError(f"--npy={path}: cannot read a numpy array ({error})") from error
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if bool(args.files) == bool(args.npy):
+            raise ClientError("give image files or --npy=PATH (exactly one of them)")
+        metadata = read_metadata(args.metadata) if args.metadata else {}
+        shape: Optional[Tuple[int, ...]] = tuple(metadata["input_shape"]) if metadata.get("input_shape") else None
+        if args.rest:
+            client = RestClient(args.rest, args.model_name, args.model_version, args.format, args.timeout, shape)
+        else:
+            client = GrpcClient(args.grpc, args.model_name, args.model_version, args.timeout, shape)
+        if args.npy:
+            outputs = client.predict(_load_npy(args.npy), args.batch_size)
+            names = [f"{args.npy}[{i}]" for i in range(len(outputs["classes"]))]
+        else:
+            outputs = client.predict_bytes(read_image_files(args.files), args.batch_size)
+            names = list(args.files)
+    except ClientError as error:
+        sys.stderr.write(f"export.client: error: {error}\n")
+        return 2
+    except ServingError as error:
+        sys.stderr.write(f"export.client: server error: {error}\n")
+        return 1
+    class_names = metadata.get("class_names") or []
+    for name, label, probabilities in zip(names, outputs["classes"], outputs["probabilities"]):
+        row = {"input": name, "class": int(label), "probability": float(probabilities[label])}
+        if int(label) < len(class_names):
+            row["class_name"] = class_names[int(label)]
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
