@@ -49,7 +49,8 @@ def test_unknown_method_is_refused_by_the_flag_parser(tmp_path):
 
 
 def test_short_fast_bat_run_writes_checkpoints_log_and_report(tmp_path):
-    result = train(f"--workdir={tmp_path}", "--method=fast_bat", "--epochs=2", *TINY)
+    result = train(f"--workdir={tmp_path}", "--method=fast_bat", "--epochs=2", f"--export_dir={tmp_path / 'exports'}",
+                   *TINY)
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["robust_accuracy"]) == {"pgd-3-1"} and set(report["robust_accuracy"]["pgd-3-1"]) == {"8/255"}
     assert report["num_examples"] == 64 and 0 <= report["robust_accuracy"]["pgd-3-1"]["8/255"] <= report[
@@ -64,6 +65,9 @@ def test_short_fast_bat_run_writes_checkpoints_log_and_report(tmp_path):
     assert "| best |" in result.stdout
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["method"] == "fast_bat" and config["eps"] == 8.0
+    versions = sorted(p.name for p in (tmp_path / "exports" / "tf_fastbat").iterdir() if p.name.isdigit())
+    assert versions == ["1", "2"]  # last, then best (the newest, served by default)
+    assert all((tmp_path / "exports" / "tf_fastbat" / v / "saved_model.pb").exists() for v in versions)
 
 
 def test_killed_run_resumes_where_it_stopped(tmp_path):
