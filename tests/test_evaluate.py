@@ -102,9 +102,9 @@ def test_multiclass_linear_pgd_never_breaks_a_certified_example_and_finds_nearly
     assert 0.05 < exact.mean() < 0.5
     assert np.all(found[exact])  # sound: no certified example is broken
     assert found.mean() - exact.mean() <= 0.02  # and PGD on the CE loss finds almost every breakable one
-    # The evaluation's PGD loop (it adds progress reports) repeats PGD.robust_mask example for example.
+    # Progress reports cover each restart to its end and leave the result unchanged.
     reports = []
-    again = evaluate.pgd_robust_mask(PGD(linear_fn(w, b)), x, y, eps, 50, 3, 0, lambda *r: reports.append(r))
+    again = PGD(linear_fn(w, b)).robust_mask(x, y, eps, 50, 3, seed=0, progress=lambda *r: reports.append(r))
     np.testing.assert_array_equal(again, found)
     last = {restart: (done, attacked) for restart, done, attacked in reports}  # each restart's final report
     assert sorted(last) == [0, 1, 2] and all(done == attacked for done, attacked in last.values())

@@ -239,28 +239,6 @@ class _Progress:
             self.bar.update(self.target, finalize=True)
 
 
-def pgd_robust_mask(pgd, x, y, eps: float, steps: int, restarts: int, seed: int,
-                    progress: Optional[Callable[[int, int, int], None]] = None):
-    """`pgd.robust_mask` (a tf_fastbat.attacks.pgd.PGD: same restarts, seeds and result) with a progress callback.
-
-    One PGD object serves every eps without retracing; `progress(restart, done, attacked)` follows each batch.
-    """
-    import numpy as np
-
-    robust = pgd.predict(x) == y
-    if eps == 0 or steps == 0:
-        return robust
-    for restart in range(restarts):
-        remaining = np.flatnonzero(robust)
-        for start in range(0, len(remaining), pgd.batch_size):
-            index = remaining[start:start + pgd.batch_size]
-            x_adv = pgd.perturb(x[index], y[index], eps, steps, eps / 4.0, [seed, restart * 1_000_003 + int(index[0])])
-            robust[index] &= pgd.predict(x_adv) == y[index]
-            if progress is not None:
-                progress(restart, start + len(index), len(remaining))
-    return robust
-
-
 @dataclasses.dataclass
 class Settings:
     """How the attacks are run (the report's attack_settings come from it)."""
@@ -338,7 +316,7 @@ class _Attacks:
                     "transfer": s.transfer_restarts}[attack]
         progress = _Progress(title, n, restarts, verbose)
         if attack == "pgd":
-            mask = pgd_robust_mask(self.pgd, x, y, eps, s.pgd_steps, s.pgd_restarts, s.seed, progress)
+            mask = self.pgd.robust_mask(x, y, eps, s.pgd_steps, s.pgd_restarts, seed=s.seed, progress=progress)
         elif attack == "cleverhans_pgd":
             mask = self.cleverhans.robust_mask(x, y, eps, s.cleverhans_steps, s.cleverhans_restarts, seed=s.seed,
                                                progress=progress)

@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
+from tf_fastbat.attacks.pgd import PGD
+
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -23,22 +25,17 @@ def cleverhans_name(steps: int, restarts: int = 1) -> str:
     return f"cleverhans-pgd-{steps}" if restarts == 1 else f"cleverhans-pgd-{steps}-{restarts}"
 
 
-class CleverhansPGD:
-    """cleverhans PGD with restarts against `logits_fn`; per-example worst case, broken examples not re-attacked."""
+class CleverhansPGD(PGD):
+    """cleverhans PGD with restarts against `logits_fn`; per-example worst case, broken examples not re-attacked.
+
+    Only the attack itself differs from the in-house PGD: restarts, bookkeeping and prediction are shared.
+    """
 
     def __init__(self, logits_fn: LogitsFn, batch_size: int = 256):
-        self.logits_fn = logits_fn
-        self.batch_size = batch_size
+        super().__init__(logits_fn, batch_size)
         self._attacks: Dict[Tuple[float, float], Callable] = {}
-        self._argmax = None
-        self._image_shape = None
 
-    def _compile(self, image_shape) -> None:
-        self._image_shape = tuple(image_shape)
-        images = tf.TensorSpec([None, *image_shape], tf.float32)
-        self._argmax = tf.function(lambda x: tf.argmax(self.logits_fn(x), axis=-1), input_signature=[images])
-
-    def _attack_for(self, eps: float, eps_iter: float) -> Callable:
+    def _attack_for(self, eps: float, eps_iter: float, image_shape) -> Callable:
         """The traced attack for one (eps, eps_iter); free batch size and step count."""
         key = (float(eps), float(eps_iter))
         if key not in self._attacks:
@@ -50,24 +47,14 @@ class CleverhansPGD:
                                                   sanity_checks=False)
 
             self._attacks[key] = tf.function(attack, input_signature=[
-                tf.TensorSpec([None, *self._image_shape], tf.float32), tf.TensorSpec([None], tf.int64),
+                tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([None], tf.int64),
                 tf.TensorSpec([], tf.int32)])
         return self._attacks[key]
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Predicted labels, batch by batch."""
-        if not len(x):
-            return np.zeros([0], np.int64)
-        if self._argmax is None:
-            self._compile(x.shape[1:])
-        return np.concatenate([self._argmax(tf.constant(x[i:i + self.batch_size])).numpy()
-                               for i in range(0, len(x), self.batch_size)])
-
-    def perturb(self, x: np.ndarray, y: np.ndarray, eps: float, steps: int, eps_iter: float) -> np.ndarray:
-        """One cleverhans PGD run on a batch: adversarial images (numpy)."""
-        if self._argmax is None:
-            self._compile(x.shape[1:])
-        attack = self._attack_for(eps, eps_iter)
+    def perturb(self, x: np.ndarray, y: np.ndarray, eps: float, steps: int, eps_iter: float,
+                seed=None) -> np.ndarray:
+        """One cleverhans PGD run on a batch: adversarial images (numpy); its randomness is TF's global seed."""
+        attack = self._attack_for(eps, eps_iter, x.shape[1:])
         return attack(tf.constant(x, tf.float32), tf.constant(np.asarray(y, np.int64)),
                       tf.constant(steps, tf.int32)).numpy()
 
@@ -77,23 +64,10 @@ class CleverhansPGD:
         """Boolean per example: correctly classified and never broken in `restarts` runs.
 
         cleverhans draws its random start from TF's global generator, seeded here with `seed` so that a run
-        repeats. `progress(restart, done, attacked)` follows each batch: `done` of this restart's `attacked`.
+        repeats.
         """
-        eps_iter = eps / 4.0 if eps_iter is None else eps_iter
-        y = np.asarray(y)
-        robust = self.predict(x) == y
-        if eps == 0 or steps == 0:
-            return robust
         tf.random.set_seed(seed)
-        for restart in range(restarts):
-            remaining = np.flatnonzero(robust)
-            for begin in range(0, len(remaining), self.batch_size):
-                index = remaining[begin:begin + self.batch_size]
-                x_adv = self.perturb(x[index], y[index], eps, steps, eps_iter)
-                robust[index] &= self.predict(x_adv) == y[index]
-                if progress is not None:
-                    progress(restart, begin + len(index), len(remaining))
-        return robust
+        return super().robust_mask(x, y, eps, steps, restarts, eps_iter, seed, progress)
 
 
 __all__ = ["CleverhansPGD", "cleverhans_name"]

@@ -60,8 +60,12 @@ class PGD:
                             tf.constant(seed, tf.int64)).numpy()
 
     def robust_mask(self, x: np.ndarray, y: np.ndarray, eps: float, steps: int = 50, restarts: int = 10,
-                    step_size: Optional[float] = None, seed: int = 0) -> np.ndarray:
-        """Boolean per example: still correctly classified after every restart."""
+                    step_size: Optional[float] = None, seed: int = 0,
+                    progress: Optional[Callable[[int, int, int], None]] = None) -> np.ndarray:
+        """Boolean per example: still correctly classified after every restart.
+
+        `progress(restart, done, attacked)` follows each batch: `done` of this restart's `attacked` examples.
+        """
         step_size = eps / 4.0 if step_size is None else step_size
         y = np.asarray(y)
         robust = self.predict(x) == y
@@ -74,6 +78,8 @@ class PGD:
                 x_adv = self.perturb(x[index], y[index], eps, steps, step_size,
                                      [seed, restart * 1_000_003 + int(index[0])])
                 robust[index] &= self.predict(x_adv) == y[index]
+                if progress is not None:
+                    progress(restart, start + len(index), len(remaining))
         return robust
 
 
