@@ -22,6 +22,17 @@ def transfer_name(surrogate_label: str) -> str:
     return f"transfer-{surrogate_label}"
 
 
+class TransferPGD(PGD):
+    """PGD restarts scored on the victim (`logits_fn`) with adversarial examples crafted on a surrogate."""
+
+    def __init__(self, surrogate_fn: LogitsFn, victim_fn: LogitsFn, batch_size: int = 256):
+        super().__init__(victim_fn, batch_size)
+        self.surrogate = PGD(surrogate_fn, batch_size)
+
+    def perturb(self, x, y, eps, steps, step_size, seed):
+        return self.surrogate.perturb(x, y, eps, steps, step_size, seed)
+
+
 def transfer_robust_mask(surrogate_fn: LogitsFn, victim_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float,
                          steps: int = DEFAULT_STEPS, restarts: int = 1, step_size: Optional[float] = None,
                          seed: int = 0, batch_size: int = 256,
@@ -31,22 +42,8 @@ def transfer_robust_mask(surrogate_fn: LogitsFn, victim_fn: LogitsFn, x: np.ndar
     The surrogate attacks its own loss with the true labels (random start, step eps/4 unless given).
     `progress(restart, done, attacked)` follows each batch: `done` of the `attacked` examples of this restart.
     """
-    step_size = eps / 4.0 if step_size is None else step_size
-    y = np.asarray(y)
-    surrogate, victim = PGD(surrogate_fn, batch_size), PGD(victim_fn, batch_size)
-    robust = victim.predict(x) == y
-    if eps == 0 or steps == 0:
-        return robust
-    for restart in range(restarts):
-        remaining = np.flatnonzero(robust)
-        for begin in range(0, len(remaining), batch_size):
-            index = remaining[begin:begin + batch_size]
-            x_adv = surrogate.perturb(x[index], y[index], eps, steps, step_size,
-                                      [seed, restart * 1_000_003 + int(index[0])])
-            robust[index] &= victim.predict(x_adv) == y[index]
-            if progress is not None:
-                progress(restart, begin + len(index), len(remaining))
-    return robust
+    return TransferPGD(surrogate_fn, victim_fn, batch_size).robust_mask(x, y, eps, steps, restarts, step_size, seed,
+                                                                        progress)
 
 
 __all__ = ["transfer_robust_mask", "transfer_name", "DEFAULT_STEPS"]
