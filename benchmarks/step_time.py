@@ -74,7 +74,7 @@ def build_trainer(method_name: str, width: float, batch_size: int, mixed_precisi
     classifier = models.build("preact_resnet18", source.num_classes, "relu", width, source.image_shape,
                               source.mean, source.std)
     hparams = {"eps": EPS, **({"steps": 2} if method_name == "pgd" else {})}
-    method = methods.build(method_name, **hparams) if method_name != "standard" else methods.build("standard")
+    method = methods.build(method_name, **hparams)
     trainer = AdversarialTrainer(classifier, method, seed=0)
     schedule = optim.schedule("cyclic", epochs=20, steps_per_epoch=steps_per_epoch, lr_max=0.2)
     optimizer = optim.CoupledSGD(schedule, momentum=0.9, l2=5e-4)

@@ -5,8 +5,8 @@ Each run happens in a subprocess (logical devices and TF_CONFIG must be set befo
 subprocesses run this file as a script and write their weights to .npz files that the tests compare.
 
 BatchNormalization: a replica normalizes with its own batch's statistics unless the layer is synchronized (Keras
-documents `synchronized=True` for exactly this), so the BN model here uses `BatchNormalization(synchronized=True)`;
-a second model has no BN at all.
+documents `synchronized=True` for exactly this), so the BN model here has its BN layer switched to synchronized by
+`tf_fastbat.distribution.synchronize_batch_norm`; a second model has no BN at all.
 """
 
 from __future__ import annotations
@@ -35,18 +35,24 @@ MODELS = ("plain", "syncbn")
 # The subprocess side.
 
 def build_classifier(kind: str):
-    """A tiny CNN: "plain" has no BatchNormalization, "syncbn" synchronized BN (global-batch statistics)."""
+    """A tiny CNN: "plain" has no BatchNormalization; "syncbn" has the models' plain BatchNormalization, switched
+    to global-batch statistics by tf_fastbat.distribution.synchronize_batch_norm; "bn" leaves it per replica."""
     import keras
+
+    from tf_fastbat import distribution
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(4, 3, padding="same", use_bias=kind == "plain")(inputs)
-    if kind == "syncbn":
-        h = keras.layers.BatchNormalization(synchronized=True)(h)
+    if kind in ("syncbn", "bn"):
+        h = keras.layers.BatchNormalization()(h)
     h = keras.layers.Activation("softplus")(h)
     h = keras.layers.Conv2D(4, 3, strides=2, padding="same")(h)
     h = keras.layers.Activation("softplus")(keras.layers.GlobalAveragePooling2D()(h))
-    return keras.Model(inputs, keras.layers.Dense(3)(h))
+    model = keras.Model(inputs, keras.layers.Dense(3)(h))
+    if kind == "syncbn":
+        assert distribution.synchronize_batch_norm(model) == 1
+    return model
 
 
 def training_batches():
@@ -90,6 +96,7 @@ def run_mirrored(out: str) -> None:
     for kind in MODELS:
         results[f"{kind}/single"] = np.stack(train(tf.distribute.get_strategy(), kind, "fast_bat", FAST_BAT))
         results[f"{kind}/mirrored"] = np.stack(train(mirrored, kind, "fast_bat", FAST_BAT))
+    results["bn/mirrored"] = np.stack(train(mirrored, "bn", "fast_bat", FAST_BAT))
     results["plain/single_first_order"] = np.stack(
         train(tf.distribute.get_strategy(), "plain", "fast_bat", {**FAST_BAT, "lmbda": 1e9}))
     np.savez(out, **results)
@@ -172,6 +179,12 @@ def test_the_comparison_sees_the_implicit_term(mirrored_runs):
     """Without the implicit term (lambda -> infinity) the weights move far more than the tolerance used above."""
     with_term, without = mirrored_runs["plain/single"], mirrored_runs["plain/single_first_order"]
     assert np.abs(with_term - without).max() > 100 * 1e-5 * np.abs(with_term).max()
+
+
+def test_per_replica_batch_norm_statistics_do_change_the_result(mirrored_runs):
+    """Why BN must be synchronized: with per-replica statistics the same model ends far outside the tolerance."""
+    difference = np.abs(mirrored_runs["bn/mirrored"] - mirrored_runs["syncbn/single"]).max()
+    assert difference > 100 * 1e-5 * np.abs(mirrored_runs["syncbn/single"]).max()
 
 
 @pytest.mark.parametrize("kind", ["syncbn"])

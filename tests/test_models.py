@@ -56,3 +56,17 @@ def test_unknown_names_are_refused():
         models.build("preact_resnet18", activation="gelu")
     with pytest.raises(FileNotFoundError, match="nowhere.keras"):
         models.load("nowhere.keras")
+
+
+def test_initialization_differs_across_layers_and_repeats_with_the_seed():
+    keras.utils.set_random_seed(11)
+    first = models.build("preact_resnet18", width_multiplier=0.125)
+    keras.utils.set_random_seed(11)
+    again = models.build("preact_resnet18", width_multiplier=0.125)
+    a = first.get_layer("stage1_block1_conv2").get_weights()[0]
+    b = first.get_layer("stage1_block2_conv1").get_weights()[0]
+    assert a.shape == b.shape and not np.allclose(a, b)
+    for w1, w2 in zip(first.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(w1, w2)
+    bound = 1 / np.sqrt(3 * 3 * a.shape[2])  # torch's U(+-1/sqrt(fan_in))
+    assert np.abs(a).max() <= bound and np.abs(a).max() > 0.9 * bound

@@ -112,7 +112,8 @@ def errors(policy, regime, loss_scale=None):
 @pytest.mark.parametrize("regime", ["typical", "small_gradients"])
 def test_fast_bat_under_float16_with_loss_scaling_matches_float32(regime):
     """mixed_float16, loss scale 2^15: Fast-BAT's gradient and its implicit term within 8e-2 of float32 per variable,
-    and within 2x the error float16 gives a plain cross-entropy gradient (the double backward loses nothing more).
+    and within 3x the error float16 gives a plain cross-entropy gradient (the double backward loses little more;
+    measured here: 1.0-1.4x).
 
     At the default attack step (5000/255) most coordinates of delta* sit on the constraint boundary, and the
     projection and the mask H_C turn rounding differences into discrete ones; measured on this model: 6.5% (total)
@@ -121,18 +122,39 @@ def test_fast_bat_under_float16_with_loss_scaling_matches_float32(regime):
     measured = errors("mixed_float16", regime, LOSS_SCALE)
     for part in ("fast_bat", "implicit"):
         assert measured[part] < 8e-2, measured
-        assert measured[part] < 2 * max(measured["plain"], 1e-2), measured
+        assert measured[part] < 3 * max(measured["plain"], 1e-2), measured
     if regime == "small_gradients":  # the case does exercise underflow: without the scale float16 loses it
         unscaled = errors("mixed_float16", regime)
         assert unscaled["fast_bat"] > 0.5 and unscaled["implicit"] > 0.5, unscaled
 
 
 def test_fast_bat_under_bfloat16_is_as_accurate_as_a_plain_gradient():
-    """bfloat16 keeps 8 mantissa bits, so no gradient is exact: Fast-BAT's gradient and implicit term are within 2x
-    the plain cross-entropy gradient's bfloat16 error, and within 0.25 of float32 per variable (no loss scale)."""
+    """bfloat16 keeps 8 mantissa bits, so no gradient is exact: Fast-BAT's gradient and implicit term are within 3x
+    the plain cross-entropy gradient's bfloat16 error (measured: 1.3x, 1.6x) and within 0.25 of float32 per
+    variable (no loss scale)."""
     measured = errors("mixed_bfloat16", "typical")
     for part in ("fast_bat", "implicit"):
-        assert measured[part] < min(0.25, 2 * measured["plain"]), measured
+        assert measured[part] < min(0.25, 3 * measured["plain"]), measured
+
+
+@pytest.mark.parametrize("regime", ["typical", "small_gradients"])
+def test_fast_at_ga_under_float16_with_loss_scaling_stays_finite_and_close(regime):
+    """GradAlign's double backward under mixed_float16 (loss scale 2^15): the cosine's derivative is O(1/|grad|),
+    which overflows float16 for small gradients unless the cotangent is rescaled; every gradient finite and within
+    0.4 of float32 per variable. Measured: 0.13 (typical; FGSM sign flips alone give Fast-AT 0.14) and 0.29 (small
+    gradients), no worse than bfloat16 (0.15, 0.29): the cosine of two noisy gradients is ill-conditioned."""
+    weights, x, y, noise = setup(regime)
+    hparams = {"eps": EPS, "ga_coef": 2.0}
+    reference = tiny_classifier()
+    reference.set_weights(weights)
+    expected = [g.numpy().astype(np.float64)
+                for g in methods.build("fast_at_ga", **hparams).step(reference, x, y, noise).grads]
+    model = tiny_classifier("mixed_float16")
+    model.set_weights(weights)
+    grads = methods.build("fast_at_ga", **hparams).step(model, x, y, noise, loss_scale=tf.constant(LOSS_SCALE)).grads
+    grads = [g.numpy().astype(np.float64) / LOSS_SCALE for g in grads]
+    assert all(np.isfinite(g).all() for g in grads)
+    assert worst_relative_error(grads, expected) < 0.4
 
 
 def train_weights(method_name, optimizer_factory, policy="float32", jit_compile=False, steps=2):

@@ -77,6 +77,9 @@ def define_compute_flags() -> None:
     flags.DEFINE_enum("distribution", "auto", ["auto", "none", "mirrored", "multi_worker"],
                       "auto: MirroredStrategy over all local GPUs when there are several, else one device; "
                       "multi_worker reads TF_CONFIG.")
+    flags.DEFINE_enum("sync_batch_norm", "auto", ["auto", "true", "false"],
+                      "BatchNorm statistics over the global batch across replicas (auto: on with several replicas), "
+                      "so that N devices compute what one device computes on the global batch.")
     flags.DEFINE_boolean("jit_compile", False, "XLA for the train step (measured slower on CPU; off by default).")
     flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                       "Keras dtype policy; float16 adds loss scaling.")
@@ -147,6 +150,9 @@ def validate_training(f=FLAGS) -> None:
     """Checks that need no data: every bad value is reported before any work starts."""
     if not f.workdir:
         raise ConfigError("--workdir is required (checkpoints, logs and the report go there)")
+    if f.jit_compile and f.deterministic == "true":
+        raise ConfigError("--jit_compile cannot be combined with --deterministic=true: Keras turns XLA off under "
+                          "op determinism")
     checks = [
         (f.epochs >= 1, f"--epochs={f.epochs}: must be >= 1"),
         (f.batch_size >= 1, f"--batch_size={f.batch_size}: must be >= 1"),
@@ -190,4 +196,4 @@ _OWN_FLAGS = (
     "method eps attack_lr lmbda linearization ga_coef attack_step epochs batch_size lr_schedule lr_max lr_min "
     "cyclic_milestone key_epochs lr_decay_rate momentum weight_decay steps_per_epoch es_attack_step es_restarts "
     "es_num_examples eval_attack_step eval_restarts eval_num_examples eval_eps distribution jit_compile "
-    "mixed_precision tensorboard export_dir export_model_name").split()
+    "mixed_precision tensorboard export_dir export_model_name sync_batch_norm").split()

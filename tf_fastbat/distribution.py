@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterator
 
+import keras
 import tensorflow as tf
 
 
@@ -34,3 +36,25 @@ def is_chief() -> bool:
 
 def worker_index() -> int:
     return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
+
+
+def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def synchronize_batch_norm(model: keras.Model) -> int:
+    """Makes every BatchNormalization of `model` normalize with global-batch statistics across replicas.
+
+    Under tf.distribute a Keras BN layer uses its own replica's batch statistics unless `synchronized=True`; with
+    it, training on N replicas computes what one device computes on the global batch (one all-reduce per BN
+    layer and pass). Call before the train step is traced; returns the number of layers switched.
+    """
+    switched = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
+            layer.synchronized = True
+            switched += 1
+    return switched

@@ -25,8 +25,9 @@ def _configure_runtime(f) -> None:
     import tensorflow as tf
 
     keras.utils.set_random_seed(f.seed)
+    # Keras silently drops XLA under op determinism, so --jit_compile wins over "auto".
     deterministic = f.deterministic == "true" or (
-        f.deterministic == "auto" and not tf.config.list_physical_devices("GPU"))
+        f.deterministic == "auto" and not tf.config.list_physical_devices("GPU") and not f.jit_compile)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(f.mixed_precision)
@@ -68,6 +69,8 @@ def run(f=FLAGS) -> dict:
     with strategy.scope():
         classifier = models.build(f.model, source.num_classes, f.activation, f.width_multiplier,
                                   source.image_shape, source.mean, source.std)
+        if f.sync_batch_norm == "true" or (f.sync_batch_norm == "auto" and strategy.num_replicas_in_sync > 1):
+            distribution.synchronize_batch_norm(classifier)
         trainer = AdversarialTrainer(classifier, method, seed=f.seed)
         lr = optim.schedule(f.lr_schedule, epochs=f.epochs, steps_per_epoch=steps_per_epoch, lr_max=f.lr_max,
                             lr_min=f.lr_min, cyclic_milestone=f.cyclic_milestone,

@@ -49,16 +49,33 @@ class FastATGA(Method):
         clean_gradient = tf.stop_gradient(input_gradient(model, x, y, tf.zeros_like(x), loss_scale))
         delta = project(step * tf.sign(clean_gradient), x, self.eps)
         x_adv = x + delta
-        with tf.GradientTape() as tape:
+        variables = model.trainable_variables
+        with tf.GradientTape() as adversarial_tape:
             logits = model(x_adv, training=True)
-            adversarial_loss = ce_mean(logits, y)
-            random_point = project(noise, x, self.eps)
+            adversarial_loss = scaled(ce_mean(logits, y), loss_scale)
+        grads = adversarial_tape.gradient(adversarial_loss, variables)
+        random_point = project(noise, x, self.eps)
+        with tf.GradientTape() as cross_tape:
             with tf.GradientTape() as inner:
                 inner.watch(random_point)
                 noisy_loss = scaled(ce_mean(model(x + random_point, training=True), y), loss_scale)
-            # Double back-prop through this one only; a loss scale S leaves the cosine unchanged, so the
-            # double backward runs on S times the gradient (no float16 underflow) and returns S times the term.
-            noisy_gradient = inner.gradient(noisy_loss, random_point)
+            noisy_gradient = inner.gradient(noisy_loss, random_point)  # kept for the double back-prop (this one only)
+        # The regularizer depends on theta only through noisy_gradient, so its theta-gradient is the vector-Jacobian
+        # product of noisy_gradient with d regularizer / d noisy_gradient (the chain rule the outer tape would apply).
+        with tf.GradientTape() as alignment_tape:
+            alignment_tape.watch(noisy_gradient)
             regularizer = self.coefficient() * (1.0 - gradient_alignment(clean_gradient, noisy_gradient))
-            loss = scaled(adversarial_loss + regularizer, loss_scale)
-        return Step(tape.gradient(loss, model.trainable_variables), x_adv, logits)
+        direction = tf.stop_gradient(alignment_tape.gradient(regularizer, noisy_gradient))
+        if loss_scale is None:
+            alignment_grads = cross_tape.gradient(noisy_gradient, variables, output_gradients=direction)
+            factor = 1.0
+        else:
+            # Float16: noisy_gradient is S g, the cosine's derivative is O(1 / |g|) and would overflow; the product
+            # is linear in the cotangent, so it runs on direction / max|direction| and the factor goes on the
+            # result, with S so that these gradients carry the loss scale like the others.
+            peak = tf.maximum(tf.reduce_max(tf.abs(direction)), 1e-30)
+            alignment_grads = cross_tape.gradient(noisy_gradient, variables, output_gradients=direction / peak)
+            factor = peak * loss_scale
+        grads = [g if r is None else g + (r if loss_scale is None else tf.cast(factor, r.dtype) * r)
+                 for g, r in zip(grads, alignment_grads)]
+        return Step(grads, x_adv, logits)

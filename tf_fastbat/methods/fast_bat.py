@@ -81,7 +81,8 @@ class FastBAT(Method):
         # and under loss scaling (float16) also max|H g|, so that the double backward runs on a cotangent of
         # size 1 (small gradients would underflow) while the primal S grad_at_z carries the loss scale S.
         peak = 1.0 if loss_scale is None else tf.maximum(tf.reduce_max(tf.abs(direction)), 1e-30)
-        cross_term = cross_tape.gradient(scaled_grad_at_z, variables, output_gradients=direction / peak)
+        cotangent = direction if loss_scale is None else direction / peak
+        cross_term = cross_tape.gradient(scaled_grad_at_z, variables, output_gradients=cotangent)
         implicit_weight = peak / (self.lmbda * batch_size)
         grads = [
             g / batch_size if cross is None else g / batch_size + tf.cast(implicit_weight, cross.dtype) * cross

@@ -8,8 +8,20 @@ import keras
 
 ACTIVATIONS = ("relu", "softplus", "swish")
 
-# PyTorch's default Conv/Linear init (kaiming_uniform with a=sqrt(5)) is U(+-1/sqrt(fan_in)) = this scaling.
-TORCH_DEFAULT_INIT = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def torch_default_init() -> keras.initializers.Initializer:
+    """PyTorch's default Conv/Linear init (kaiming_uniform, a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+
+    A new instance per layer: an initializer built once at import fixes its seed before `--seed` is set and gives
+    every layer of the same shape the same kernel.
+    """
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def he_normal() -> keras.initializers.Initializer:
+    """The WRN's kaiming_normal_(fan_in, relu), a new instance per layer."""
+    return keras.initializers.HeNormal()
 
 
 @keras.saving.register_keras_serializable(package="tf_fastbat")
@@ -27,9 +39,10 @@ class ScaledSoftplus(keras.layers.Layer):
         return {**super().get_config(), "beta": self.beta}
 
 
-def conv(filters: int, kernel: int, stride: int = 1, name: str = None, initializer=TORCH_DEFAULT_INIT):
+def conv(filters: int, kernel: int, stride: int = 1, name: str = None, initializer=torch_default_init):
+    """A bias-free 'same' convolution; `initializer` is a factory called once per layer."""
     return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                               kernel_initializer=initializer, name=name)
+                               kernel_initializer=initializer(), name=name)
 
 
 def batch_norm(name: str = None):
@@ -49,7 +62,7 @@ def classifier_head(features, num_classes: int, zero_init: bool = False):
     """Global average pooling and a linear layer initialized like torch.nn.Linear (or zeros, as in the WRN)."""
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     bound = 1.0 / math.sqrt(pooled.shape[-1])
-    kernel_init = "zeros" if zero_init else TORCH_DEFAULT_INIT
+    kernel_init = "zeros" if zero_init else torch_default_init()
     bias_init = "zeros" if zero_init else keras.initializers.RandomUniform(-bound, bound)
     return keras.layers.Dense(num_classes, kernel_initializer=kernel_init, bias_initializer=bias_init,
                               name="logits", dtype="float32")(pooled)

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import keras
 
-from tf_fastbat.models.layers import activation, batch_norm, classifier_head, conv, scaled
+from tf_fastbat.models.layers import activation, batch_norm, classifier_head, conv, he_normal, scaled
 
-HE_NORMAL = keras.initializers.HeNormal()  # the zoo's kaiming_normal_(fan_in, relu)
 
 
 def _basic_unit(x, channels, dropout, act, prefix):
     out = activation(act)(batch_norm(f"{prefix}_bn1")(x))
-    out = conv(channels, 3, 1, name=f"{prefix}_conv1", initializer=HE_NORMAL)(out)
+    out = conv(channels, 3, 1, name=f"{prefix}_conv1", initializer=he_normal)(out)
     out = keras.layers.Dropout(dropout)(activation(act)(batch_norm(f"{prefix}_bn2")(out)))
-    out = conv(channels, 3, 1, name=f"{prefix}_conv2", initializer=HE_NORMAL)(out)
+    out = conv(channels, 3, 1, name=f"{prefix}_conv2", initializer=he_normal)(out)
     return keras.layers.Add()([x, out])
 
 
 def _downsample_unit(x, channels, stride, dropout, act, prefix):
     x = activation(act)(batch_norm(f"{prefix}_bn1")(x))
-    out = conv(channels, 3, stride, name=f"{prefix}_conv1", initializer=HE_NORMAL)(x)
+    out = conv(channels, 3, stride, name=f"{prefix}_conv1", initializer=he_normal)(x)
     out = keras.layers.Dropout(dropout)(activation(act)(batch_norm(f"{prefix}_bn2")(out)))
-    out = conv(channels, 3, 1, name=f"{prefix}_conv2", initializer=HE_NORMAL)(out)
-    shortcut = conv(channels, 1, stride, name=f"{prefix}_downsample", initializer=HE_NORMAL)(x)
+    out = conv(channels, 3, 1, name=f"{prefix}_conv2", initializer=he_normal)(out)
+    shortcut = conv(channels, 1, stride, name=f"{prefix}_downsample", initializer=he_normal)(x)
     return keras.layers.Add()([out, shortcut])
 
 
@@ -30,7 +29,7 @@ def wide_resnet(inputs, normalized, depth: int, widen: int, num_classes: int, ac
                 dropout: float = 0.1):
     """Logits of WRN-depth-widen."""
     units = (depth - 4) // 6
-    x = conv(scaled(16, width_multiplier), 3, 1, name="stem_conv", initializer=HE_NORMAL)(normalized)
+    x = conv(scaled(16, width_multiplier), 3, 1, name="stem_conv", initializer=he_normal)(normalized)
     for stage, channels in enumerate((16 * widen, 32 * widen, 64 * widen)):
         channels = scaled(channels, width_multiplier)
         stride = 1 if stage == 0 else 2
