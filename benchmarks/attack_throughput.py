@@ -21,7 +21,6 @@ import numpy as np
 from tf_fastbat import report
 from tf_fastbat.attacks.autoattack import run_autoattack
 from tf_fastbat.attacks.pgd import PGD
-from tf_fastbat.evaluate import pgd_robust_mask
 
 DATA = "/work/shared/data/cifar10_subset.npz"
 
@@ -45,9 +44,9 @@ def time_pgd(logits_fn, x, y, eps: float, steps: int, restarts: int, seed: int, 
         attacked[restart] = done  # examples attacked so far in this restart
 
     pgd = PGD(logits_fn, batch_size)
-    pgd_robust_mask(pgd, x[:2], y[:2], eps, 1, 1, seed)  # warm-up: traces the attack
+    pgd.robust_mask(x[:2], y[:2], eps, 1, 1, seed=seed)  # warm-up: traces the attack
     start = time.perf_counter()
-    robust = pgd_robust_mask(pgd, x, y, eps, steps, restarts, seed, count)
+    robust = pgd.robust_mask(x, y, eps, steps, restarts, seed=seed, progress=count)
     seconds = time.perf_counter() - start
     image_steps = steps * sum(attacked.values())
     return {"images_per_second": round(len(x) / seconds, 3), "image_steps_per_second": round(image_steps / seconds, 1),
