@@ -6,8 +6,6 @@ from typing import Dict, List, Optional
 
 from absl import flags
 
-from tf_fastbat import methods, models
-
 FLAGS = flags.FLAGS
 
 
@@ -32,12 +30,16 @@ def define_data_flags() -> None:
 
 
 def define_model_flags() -> None:
+    from tf_fastbat import models  # here, not at import: evaluate/export parse eps without loading TensorFlow
+
     flags.DEFINE_enum("model", "preact_resnet18", list(models.NAMES), "Architecture.")
     flags.DEFINE_enum("activation", "relu", ["relu", "softplus", "swish"], "Activation (Table A5).")
     flags.DEFINE_float("width_multiplier", 1.0, "Channel multiplier (0.25 gives a width-16 PreActResNet-18).")
 
 
 def define_method_flags() -> None:
+    from tf_fastbat import methods
+
     flags.DEFINE_enum("method", "fast_bat", list(methods.NAMES), "Training method.")
     flags.DEFINE_float("eps", 8.0, "Training eps, in 1/255 units (8 means 8/255).")
     flags.DEFINE_float("attack_lr", None, "Attack step in 1/255 units; default: the official rule per method "
@@ -95,36 +97,41 @@ def define_training_flags() -> None:
         define()
 
 
-def fraction(flag: str, value: Optional[float]) -> Optional[float]:
-    """A 1/255-unit flag value as a fraction; a value in (0, 1) is almost surely already a fraction: refused."""
+def fraction(flag: str, value: Optional[float], *, maximum: Optional[float] = None,
+             noun: str = "eps and step sizes are") -> Optional[float]:
+    """A 1/255-unit flag value as a fraction of 1; negative, above `maximum`, or in (0, 1) (almost surely already a
+    fraction): refused with a message naming the flag."""
     if value is None:
         return None
-    if value < 0:
-        raise ConfigError(f"--{flag}={value}: must be >= 0 (in 1/255 units)")
+    if value < 0 or (maximum is not None and value > maximum):
+        limits = ">= 0" if maximum is None else f"in [0, {maximum:g}]"
+        raise ConfigError(f"--{flag}={value:g}: must be {limits} (1/255 units)")
     if 0 < value < 1:
-        raise ConfigError(f"--{flag}={value}: eps and step sizes are in 1/255 units (--{flag}=8 means 8/255); "
-                          f"{value} looks like a fraction, did you mean --{flag}={value * 255:g}?")
+        raise ConfigError(f"--{flag}={value:g}: {noun} in 1/255 units (--{flag}=8 means 8/255); "
+                          f"{value:g} looks like a fraction, did you mean --{flag}={value * 255:g}?")
     return value / 255.0
 
 
-def eval_eps_list(values: List[str], default: float) -> List[float]:
-    """--eval_eps in 1/255 units, as numbers (still in 1/255 units)."""
+def eps_list(flag: str, values: List[str], noun: str = "eps and step sizes are") -> List[float]:
+    """A comma-list flag of eps values in 1/255 units, each checked by `fraction`, returned in 1/255 units."""
     try:
-        parsed = [float(v) for v in values] if values else [default]
+        parsed = [float(v) for v in values]
     except ValueError as error:
-        raise ConfigError(f"--eval_eps={','.join(values)}: not a list of numbers") from error
-    for v in parsed:
-        fraction("eval_eps", v)
-        if v > 255:
-            raise ConfigError(f"--eval_eps={v}: larger than 255/255")
+        raise ConfigError(f"--{flag}={','.join(values)}: not a list of numbers (1/255 units, e.g. --{flag}=4,8)") \
+            from error
+    for value in parsed:
+        fraction(flag, value, maximum=255, noun=noun)
     return parsed
+
+
+def eval_eps_list(values: List[str], default: float) -> List[float]:
+    """--eval_eps in 1/255 units (default: the training eps), still in 1/255 units."""
+    return eps_list("eval_eps", list(values) or [str(default)])
 
 
 def method_hparams(f=FLAGS) -> Dict:
     """The chosen method's hyperparameters from the flags (fractions of 1 inside the library)."""
-    eps = fraction("eps", f.eps)
-    if eps > 1:
-        raise ConfigError(f"--eps={f.eps}: larger than 255/255")
+    eps = fraction("eps", f.eps, maximum=255)
     if f.method != "standard" and eps == 0:
         raise ConfigError(f"--eps=0 leaves --method={f.method} nothing to attack; use --method=standard")
     attack_lr = fraction("attack_lr", f.attack_lr)

@@ -33,17 +33,12 @@ class EvaluationError(ValueError):
 
 def parse_eps_list(values: Sequence[str]) -> List[float]:
     """--eps in 1/255 units; a value in (0, 1) is refused as an already-fractional eps."""
+    from tf_fastbat import config
+
     try:
-        parsed = [float(v) for v in values]
-    except ValueError as error:
-        raise EvaluationError(f"--eps={','.join(values)}: not a list of numbers (1/255 units, e.g. --eps=4,8)") \
-            from error
-    for value in parsed:
-        if value < 0 or value > 255:
-            raise EvaluationError(f"--eps={value:g}: must be in [0, 255] (1/255 units: --eps=8 means 8/255)")
-        if 0 < value < 1:
-            raise EvaluationError(f"--eps={value:g}: eps is in 1/255 units (--eps=8 means 8/255); {value:g} looks "
-                                  f"like a fraction, did you mean --eps={value * 255:g}?")
+        parsed = config.eps_list("eps", list(values), noun="eps is")
+    except config.ConfigError as error:
+        raise EvaluationError(str(error)) from error
     return list(dict.fromkeys(parsed))
 
 

@@ -80,12 +80,12 @@ def read_json_file(path: str) -> Optional[Dict]:
 
 def eps_fraction(eps_255: float) -> float:
     """An eps in 1/255 units as a fraction of 1; a value in (0, 1) is refused as an already-fractional eps."""
-    if eps_255 < 0 or eps_255 > 255:
-        raise ExportError(f"--eps={eps_255:g}: must be in [0, 255] (1/255 units)")
-    if 0 < eps_255 < 1:
-        raise ExportError(f"--eps={eps_255:g}: eps is in 1/255 units (--eps=8 means 8/255); {eps_255:g} looks like "
-                          f"a fraction, did you mean --eps={eps_255 * 255:g}?")
-    return eps_255 / 255.0
+    from tf_fastbat import config
+
+    try:
+        return config.fraction("eps", eps_255, maximum=255, noun="eps is")
+    except config.ConfigError as error:
+        raise ExportError(str(error)) from error
 
 
 # ----------------------------------------------------------------------------------------------------------------
