@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:
+    import keras
 
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
@@ -34,7 +36,11 @@ def write_json_atomic(data: dict, path: str) -> None:
 
 
 def read_json(path: str, default=None):
+    """A JSON file's content; `default` if it does not exist; ValueError naming the file if it cannot be read."""
     if not os.path.exists(path):
         return default
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error})") from error

@@ -10,13 +10,14 @@ plus the gradient alignment at each eps. Writes the report JSON, a Markdown tabl
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import app, flags
+
+from tf_fastbat.checkpoints import read_json
 
 FLAGS = flags.FLAGS
 ATTACKS = ("pgd", "cleverhans_pgd", "autoattack", "transfer", "none")
@@ -116,14 +117,10 @@ def read_config(spec: ModelSpec) -> Dict:
     """The training flags of the model's workdir (config.json), or {} for a model from elsewhere."""
     if not spec.workdir:
         return {}
-    path = os.path.join(spec.workdir, "config.json")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        raise EvaluationError(f"{path}: not readable JSON ({error})") from error
+        return read_json(os.path.join(spec.workdir, "config.json"), {})
+    except ValueError as error:
+        raise EvaluationError(str(error)) from error
 
 
 def output_paths(spec: ModelSpec, output: Optional[str], workdir: Optional[str]) -> Dict[str, str]:
@@ -445,12 +442,11 @@ def read_compare(paths: Sequence[str]) -> Dict[str, Dict]:
     reports = {}
     for path in paths:
         try:
-            with open(path) as f:
-                loaded = json.load(f)
-        except FileNotFoundError as error:
-            raise EvaluationError(f"--compare={path}: no such file") from error
-        except (OSError, ValueError) as error:
-            raise EvaluationError(f"--compare={path}: not readable JSON ({error})") from error
+            loaded = read_json(path)
+        except ValueError as error:
+            raise EvaluationError(f"--compare={error}") from error
+        if loaded is None:
+            raise EvaluationError(f"--compare={path}: no such file")
         if "robust_accuracy" not in loaded or "clean_accuracy" not in loaded:
             raise EvaluationError(f"--compare={path}: not a report (no clean_accuracy/robust_accuracy)")
         name = loaded.get("model_label") or os.path.splitext(os.path.basename(path))[0]

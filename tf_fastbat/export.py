@@ -68,14 +68,13 @@ def validate_model_name(name: str) -> None:
 
 
 def read_json_file(path: str) -> Optional[Dict]:
-    """A JSON file's content, None if absent; a clear error if unreadable."""
-    if not os.path.isfile(path):
-        return None
+    """A JSON file's content, None if absent; an ExportError naming the file if unreadable."""
+    from tf_fastbat.checkpoints import read_json
+
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise ExportError(f"{path}: not readable JSON ({error})") from error
+        return read_json(path)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
 
 
 def eps_fraction(eps_255: float) -> float:
