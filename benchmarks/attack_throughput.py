@@ -15,6 +15,8 @@ import json
 import os
 import time
 
+import tf_fastbat  # noqa: F401  (first: its oneDNN default must precede TensorFlow's import)
+
 import keras
 import numpy as np
 

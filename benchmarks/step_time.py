@@ -45,6 +45,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import tf_fastbat  # noqa: E402,F401  (its oneDNN default must precede TensorFlow's import)
+
 METHODS = ("fast_at", "fast_bat", "fast_at_ga", "pgd", "n_fgsm", "standard")
 EPS = 8.0 / 255.0
 SLICE = os.path.join(ROOT, "tf_fastbat", "data", "cifar10_slice.npz")
@@ -245,7 +247,7 @@ def add_ratios(results: Dict[str, Dict]) -> None:
 def conditions() -> Dict:
     import platform
 
-    return {"cpu_count": os.cpu_count(), "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+    return {"cpu_count": os.cpu_count(), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
             "python": platform.python_version(), "machine": platform.machine()}
 
 

@@ -221,3 +221,44 @@ def test_fast_bat_linearization_points(linearization):
                 "corner": box(EPS * tf.sign(noise), x, EPS),
                 "pgd_sign": box(start + 1.25 * EPS * tf.sign(delta_grad(model, x, y, start)), x, EPS)}[linearization]
     np.testing.assert_allclose(z, expected.numpy(), atol=1e-7)
+
+
+def test_hessian_aware_fast_bat_equals_dense_interior_solve():
+    """Table A4's variant: the implicit term with (lambda I - grad_dd CE(z))^-1 on the interior, solved densely here."""
+    shape, lmbda = (2, 2, 2, 3), 2.0
+    model = tiny_mlp(5, shape=shape[1:])
+    x, y, noise = batch(shape=shape, seed=11)
+    method = methods.build("fast_bat", eps=EPS, attack_lr=0.05, lmbda=lmbda, implicit_gradient="hessian_aware",
+                           cg_steps=40)
+    grads, x_adv = method.gradients(model, x, y, noise)
+
+    z0 = box(noise, x, EPS)
+    z = tf.stop_gradient(box(z0 + 0.05 * delta_grad(model, x, y, z0), x, EPS))
+    delta_star = box(z + 0.05 * delta_grad(model, x, y, z), x, EPS)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        gradient_at_z = delta_grad(model, x, y, z)
+    hessian = tape.jacobian(gradient_at_z, z).numpy().reshape(z.shape.num_elements(), -1)  # grad_dd CE_sum(z)
+    lower, upper = np.maximum(-x, -EPS), np.minimum(1 - x, EPS)
+    interior = ((delta_star > lower + 1e-6) & (delta_star < upper - 1e-6)).numpy().ravel()
+    system = lmbda * np.eye(interior.sum()) - hessian[np.ix_(interior, interior)]
+    assert np.linalg.eigvalsh(system).min() > 0, "the interior system must be positive definite for CG"
+    g = delta_grad(model, x, y, delta_star).numpy().ravel()
+    u = np.zeros_like(g)
+    u[interior] = np.linalg.solve(system, g[interior])
+    assert np.linalg.norm(u - np.where(interior, g, 0) / lmbda) > 0.01 * np.linalg.norm(u), "Hessian must matter"
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        cross = tf.reduce_sum(delta_grad(model, x, y, z) * tf.constant(u.reshape(z.shape), tf.float32))
+    with tf.GradientTape() as direct_tape:
+        direct_objective = ce_sum(model, x + delta_star, y) / shape[0]
+    expected = flat(direct_tape.gradient(direct_objective, variables)) + flat(tape.gradient(cross, variables)) / shape[0]
+    np.testing.assert_allclose(x_adv.numpy(), (x + delta_star).numpy(), atol=1e-6)
+    np.testing.assert_allclose(flat(grads), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_hessian_aware_options_are_checked():
+    with pytest.raises(ValueError, match="implicit_gradient"):
+        methods.build("fast_bat", implicit_gradient="exact")
+    with pytest.raises(ValueError, match="cg_steps"):
+        methods.build("fast_bat", implicit_gradient="hessian_aware", cg_steps=0)

@@ -47,6 +47,9 @@ def define_method_flags() -> None:
     flags.DEFINE_float("lmbda", 10.0, "Fast-BAT lambda of the implicit gradient (eq. 11).")
     flags.DEFINE_enum("linearization", "pgd_nosign", ["pgd_nosign", "pgd_sign", "uniform", "corner"],
                       "Fast-BAT linearization point (Remark 2, Table A3).")
+    flags.DEFINE_enum("implicit_gradient", "hessian_free", ["hessian_free", "hessian_aware"],
+                      "Fast-BAT implicit gradient (Table A4): eq. 11, or with (lambda I - Hessian)^-1 by CG.")
+    flags.DEFINE_integer("cg_steps", 5, "Conjugate-gradient iterations of --implicit_gradient=hessian_aware.")
     flags.DEFINE_float("ga_coef", None, "GradAlign coefficient; default: the official table for --eps.")
     flags.DEFINE_integer("attack_step", 2, "PGD-K-AT steps K.")
 
@@ -141,7 +144,10 @@ def method_hparams(f=FLAGS) -> Dict:
     if f.method == "fast_bat":
         if f.lmbda <= 0:
             raise ConfigError(f"--lmbda={f.lmbda}: must be positive")
-        hparams.update(lmbda=f.lmbda, linearization=f.linearization)
+        if f.cg_steps < 1:
+            raise ConfigError(f"--cg_steps={f.cg_steps}: must be at least 1")
+        hparams.update(lmbda=f.lmbda, linearization=f.linearization, implicit_gradient=f.implicit_gradient,
+                       cg_steps=f.cg_steps)
     if f.method == "fast_at_ga":
         if f.ga_coef is not None and f.ga_coef < 0:
             raise ConfigError(f"--ga_coef={f.ga_coef}: must be >= 0")
@@ -200,7 +206,8 @@ def as_dict(f=FLAGS) -> Dict:
 
 _OWN_FLAGS = (
     "workdir seed deterministic dataset data_dir manual_dir image_size val_ratio model activation width_multiplier "
-    "method eps attack_lr lmbda linearization ga_coef attack_step epochs batch_size lr_schedule lr_max lr_min "
+    "method eps attack_lr lmbda linearization implicit_gradient cg_steps ga_coef attack_step epochs batch_size "
+    "lr_schedule lr_max lr_min "
     "cyclic_milestone key_epochs lr_decay_rate momentum weight_decay steps_per_epoch es_attack_step es_restarts "
     "es_num_examples eval_attack_step eval_restarts eval_num_examples eval_eps distribution jit_compile "
     "mixed_precision tensorboard export_dir export_model_name sync_batch_norm").split()

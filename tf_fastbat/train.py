@@ -108,16 +108,19 @@ def run(f=FLAGS) -> dict:
         test_x, test_y = splits.test_arrays
     else:
         test_x, test_y = _materialize(splits.test, f.eval_num_examples)
+    best_epoch = (read_json(os.path.join(checkpoint_dir, "best.json"), {}) or {}).get("epoch")
     results = {}
     for name in ("best", "last"):
         path = os.path.join(checkpoint_dir, f"{name}.keras")
-        if os.path.exists(path):
+        if name == "last" and best_epoch == f.epochs and "best" in results:
+            results["last"] = results["best"]  # the best epoch was the last: the same weights
+        elif os.path.exists(path):
             results[name] = report.evaluate_classifier(models.load(path), test_x, test_y, eval_eps,
                                                        f.eval_attack_step, f.eval_restarts, f.seed)
     primary = results.get("best") or results["last"]
     epoch_seconds = history.history.get("epoch_seconds", [])
     full = {**primary, "model": "best" if "best" in results else "last", "checkpoints": results,
-            "best_epoch": (read_json(os.path.join(checkpoint_dir, "best.json"), {}) or {}).get("epoch"),
+            "best_epoch": best_epoch,
             "method": method.hparams(), "dataset": source.name, "architecture": f.model,
             "width_multiplier": f.width_multiplier, "epochs": f.epochs, "train_seconds": train_seconds,
             "seconds_per_epoch": float(np.median(epoch_seconds)) if epoch_seconds else None,

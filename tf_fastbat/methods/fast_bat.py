@@ -11,6 +11,7 @@ from tf_fastbat.methods.base import Method, Step
 from tf_fastbat.methods.common import ce_sum, input_gradient, project, scaled, unscaled
 
 LINEARIZATIONS = ("pgd_nosign", "pgd_sign", "uniform", "corner")
+IMPLICIT_GRADIENTS = ("hessian_free", "hessian_aware")
 INTERIOR_MARGIN = 1e-7
 
 
@@ -32,6 +33,8 @@ class FastBAT(Method):
     attack_lr: Optional[float] = None  # a = 1/lambda of eq. 8; None: the official rule
     lmbda: float = 10.0  # the lambda of the implicit gradient (eq. 11)
     linearization: str = "pgd_nosign"
+    implicit_gradient: str = "hessian_free"  # Table A4: eq. 11, or (lambda I - grad_dd CE)^-1 solved by CG
+    cg_steps: int = 5  # conjugate-gradient iterations of the Hessian-aware solve
 
     name = "fast_bat"
 
@@ -40,6 +43,11 @@ class FastBAT(Method):
             raise ValueError(f"--linearization must be one of {', '.join(LINEARIZATIONS)}, got {self.linearization!r}")
         if self.lmbda <= 0:
             raise ValueError(f"--lmbda must be positive, got {self.lmbda}")
+        if self.implicit_gradient not in IMPLICIT_GRADIENTS:
+            raise ValueError(f"--implicit_gradient must be one of {', '.join(IMPLICIT_GRADIENTS)}, "
+                             f"got {self.implicit_gradient!r}")
+        if self.cg_steps < 1:
+            raise ValueError(f"--cg_steps must be at least 1, got {self.cg_steps}")
 
     def step_size(self) -> float:
         return default_attack_lr(self.eps) if self.attack_lr is None else self.attack_lr
@@ -60,7 +68,9 @@ class FastBAT(Method):
         a = self.step_size()
         z = tf.stop_gradient(self.linearization_point(model, x, y, noise, loss_scale))
         variables = model.trainable_variables
-        with tf.GradientTape() as cross_tape:
+        hessian_aware = self.implicit_gradient == "hessian_aware"
+        with tf.GradientTape(persistent=hessian_aware) as cross_tape:
+            cross_tape.watch(z)
             with tf.GradientTape() as z_tape:
                 z_tape.watch(z)
                 loss_at_z = scaled(ce_sum(model(x + z, training=True), y), loss_scale)
@@ -77,6 +87,10 @@ class FastBAT(Method):
         mask = interior_mask(lower_level_solution, x, self.eps)
         # eqs. 10-11: d delta*/d theta^T g = (1/lambda) grad_theta <grad_delta CE(z), H g>, Hessian-free.
         direction = tf.stop_gradient(mask * unscaled(grad_delta_star, loss_scale))  # H g
+        if hessian_aware:  # lambda (lambda I - grad_dd CE(z))^-1 H g on the interior; lambda cancels below
+            direction = self.lmbda * hessian_aware_solve(
+                lambda v: unscaled(cross_tape.gradient(scaled_grad_at_z, z, output_gradients=v), loss_scale),
+                direction, mask, self.lmbda, self.cg_steps)
         # The cross term is linear in the cotangent, so constant factors go on its result: 1/(lambda B) always,
         # and under loss scaling (float16) also max|H g|, so that the double backward runs on a cotangent of
         # size 1 (small gradients would underflow) while the primal S grad_at_z carries the loss scale S.
@@ -88,4 +102,36 @@ class FastBAT(Method):
             g / batch_size if cross is None else g / batch_size + tf.cast(implicit_weight, cross.dtype) * cross
             for g, cross in zip(grad_theta_star, cross_term)
         ]
+        del cross_tape
         return Step(grads, x + lower_level_solution, logits)
+
+
+def hessian_aware_solve(hessian_vector_product, rhs: tf.Tensor, mask: tf.Tensor, lmbda: float,
+                        steps: int) -> tf.Tensor:
+    """u with M (lambda I - grad_dd CE) M u = rhs on the interior coordinates M, by `steps` of conjugate gradient.
+
+    The Hessian-aware implicit gradient of Table A4: the lower-level stationarity condition differentiated without
+    the Hessian-free approximation grad_dd CE = 0. The batch is one system (BatchNorm couples examples in training
+    mode). A direction of non-positive curvature (lambda too small for the system to be positive
+    definite) leaves the iterate where it is; the start is the Hessian-free rhs / lambda.
+    """
+    def apply(v):
+        return mask * (lmbda * v - tf.stop_gradient(hessian_vector_product(v)))
+
+    def dot(a, b):
+        return tf.reduce_sum(a * b)
+
+    solution = rhs / lmbda  # the Hessian-free solution: a warm start that CG then corrects
+    residual = rhs - apply(solution)
+    search = residual
+    residual_norm = dot(residual, residual)
+    for _ in range(steps):
+        applied = apply(search)
+        curvature = dot(search, applied)
+        step = tf.where(curvature > 0, residual_norm / tf.maximum(curvature, 1e-30), 0.0)
+        solution = solution + step * search
+        residual = residual - step * applied
+        new_norm = dot(residual, residual)
+        search = residual + tf.math.divide_no_nan(new_norm, residual_norm) * search
+        residual_norm = new_norm
+    return solution

@@ -1,0 +1,407 @@
+"""The paper's claims at CPU scale (issue 5): the Table 1 grid, its ablations, extra evaluations and RESULTS tables.
+
+Stages, each resumable (a finished cell is skipped; a killed training run resumes from its backup):
+  grid       methods x training eps x seeds, one `python -m tf_fastbat.train` per cell (flags/reproduce/base.cfg)
+  ablations  Fast-BAT at eps 8/255, seed 0: lambda (Table A1), linearization point (A3), Hessian-aware implicit
+             gradient (A4), activation (A5); the grid's Fast-BAT cell is the default of each
+  evaluate   per cell and checkpoint (best = early-stopped, last): AutoAttack (standard) on the first
+             --aa_examples test images; for fast_at and fast_bat a PGD-20-1 sweep over test eps 2..16 (Fig. 1)
+  report     tables (mean +- std over seeds) to benchmarks/results/reproduce.{md,json}, figures to results/
+
+    .venv/bin/python -m benchmarks.reproduce --stage=all > runs/reproduce.log 2>&1 &
+    .venv/bin/python -m benchmarks.reproduce --stage=grid --methods=fast_bat --eps=16 --seeds=1   # one cell
+
+A cell's training command is printed before it runs (and kept in its workdir's command.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import tf_fastbat  # noqa: E402,F401  (its oneDNN default must precede TensorFlow's import)
+
+BASE_FLAGFILE = os.path.join("flags", "reproduce", "base.cfg")
+METHODS = ("fast_at", "fast_at_ga", "pgd", "fast_bat", "n_fgsm")
+LABELS = {"fast_at": "Fast-AT", "fast_at_ga": "Fast-AT-GA", "pgd": "PGD-2-AT", "fast_bat": "Fast-BAT",
+          "n_fgsm": "N-FGSM"}
+ABLATIONS = {  # name: (table, extra train flags); Fast-BAT, eps 8/255, seed 0
+    "lambda_1": ("A1", {"lmbda": 1}),
+    "lambda_100": ("A1", {"lmbda": 100}),
+    "linearization_uniform": ("A3", {"linearization": "uniform"}),
+    "linearization_pgd_sign": ("A3", {"linearization": "pgd_sign"}),
+    "hessian_aware": ("A4", {"implicit_gradient": "hessian_aware", "cg_steps": 5}),
+    "activation_softplus": ("A5", {"activation": "softplus"}),
+    "activation_swish": ("A5", {"activation": "swish"}),
+}
+ABLATION_DEFAULTS = {"A1": "lambda = 10", "A3": "pgd_nosign (official)", "A4": "Hessian-free (eq. 11)",
+                     "A5": "ReLU"}
+SWEEP_EPS = (2, 4, 6, 8, 10, 12, 14, 16)
+SWEEP_METHODS = ("fast_at", "fast_bat")
+CHECKPOINTS = ("best", "last")
+PGD_KEY = "pgd-50-10"
+
+
+class Cell:
+    """One training run: a method at a training eps and seed, with optional extra flags."""
+
+    def __init__(self, name: str, method: str, eps: int, seed: int, extra: Optional[Dict] = None):
+        self.name, self.method, self.eps, self.seed, self.extra = name, method, eps, seed, dict(extra or {})
+
+    def workdir(self, output_dir: str) -> str:
+        return os.path.join(output_dir, self.name)
+
+    def command(self, output_dir: str, epochs: Optional[int]) -> List[str]:
+        flags = {"method": self.method, "eps": self.eps, "seed": self.seed, "workdir": self.workdir(output_dir),
+                 **({"epochs": epochs} if epochs else {}), **self.extra}
+        return [sys.executable, "-m", "tf_fastbat.train", f"--flagfile={BASE_FLAGFILE}",
+                *(f"--{k}={v}" for k, v in flags.items())]
+
+
+def grid_cells(methods: Sequence[str], eps_list: Sequence[int], seeds: Sequence[int]) -> List[Cell]:
+    return [Cell(f"{m}_eps{e}_seed{s}", m, e, s) for e in eps_list for s in seeds for m in methods]
+
+
+def ablation_cells(names: Iterable[str] = ABLATIONS) -> List[Cell]:
+    return [Cell(f"ablation_{n}", "fast_bat", 8, 0, ABLATIONS[n][1]) for n in names]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training.
+
+def train(cells: Sequence[Cell], output_dir: str, epochs: Optional[int]) -> None:
+    """Run each unfinished cell's training command, its output in <workdir>/train.log."""
+    for cell in cells:
+        workdir = cell.workdir(output_dir)
+        if os.path.exists(os.path.join(workdir, "report.json")):
+            print(f"[reproduce] {cell.name}: done, skipped", flush=True)
+            continue
+        os.makedirs(workdir, exist_ok=True)
+        command = cell.command(output_dir, epochs)
+        with open(os.path.join(workdir, "command.txt"), "w") as out:
+            out.write(" ".join(command[1:]) + "\n")
+        print(f"[reproduce] {cell.name}: {' '.join(command[1:])}", flush=True)
+        start = time.perf_counter()
+        with open(os.path.join(workdir, "train.log"), "a") as log:
+            code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        status = "finished" if code == 0 else f"FAILED (exit {code}, see {workdir}/train.log)"
+        print(f"[reproduce] {cell.name}: {status} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Extra evaluations (AutoAttack, the eps sweep), in this process.
+
+def follow(cells: Sequence[Cell], output_dir: str, evaluate: "Evaluator", poll_seconds: float = 30.0) -> None:
+    """Evaluate cells as their training finishes (best checkpoints first, then last), until all are evaluated."""
+    while True:
+        trained = [c for c in cells if os.path.exists(os.path.join(c.workdir(output_dir), "report.json"))]
+        for cell in trained:
+            evaluate(cell, output_dir, ("best",))
+        if len(trained) == len(cells):
+            break
+        time.sleep(poll_seconds)
+    for cell in cells:
+        evaluate(cell, output_dir, ("last",))
+
+
+def read_json(path: str, default=None):
+    from tf_fastbat.checkpoints import read_json as read
+
+    return read(path, default)
+
+
+class Evaluator:
+    """AutoAttack and the Fig. 1 sweep, one classifier per architecture whose weights are swapped per checkpoint.
+
+    The attacks' traced functions are cached per logits function, so reusing one classifier (and one logits
+    function) across checkpoints traces each attack once instead of once per checkpoint.
+    """
+
+    def __init__(self, aa_examples: int, sweep_examples: int):
+        self.aa_examples, self.sweep_examples = aa_examples, sweep_examples
+        self._classifiers: Dict[Tuple, Tuple] = {}
+
+    def _logits_fn(self, config: Dict, checkpoint_path: str):
+        from tf_fastbat import models
+
+        loaded = models.load(checkpoint_path)
+        key = (config["model"], config["activation"], config["width_multiplier"], config["dataset"])
+        if key not in self._classifiers:
+            self._classifiers[key] = (loaded, lambda images: loaded(images, training=False))
+        else:
+            self._classifiers[key][0].set_weights(loaded.get_weights())
+        return self._classifiers[key][1]
+
+    def __call__(self, cell: Cell, output_dir: str, checkpoints: Sequence[str] = CHECKPOINTS) -> None:
+        """Fills <workdir>/extra_eval.json for `checkpoints` (atomically, one checkpoint at a time)."""
+        import numpy as np
+
+        from tf_fastbat import data
+        from tf_fastbat.attacks.autoattack import run_autoattack
+        from tf_fastbat.attacks.pgd import PGD
+        from tf_fastbat.checkpoints import write_json_atomic
+
+        workdir = cell.workdir(output_dir)
+        report = read_json(os.path.join(workdir, "report.json"))
+        if report is None:
+            print(f"[reproduce] {cell.name}: not trained, not evaluated", flush=True)
+            return
+        path = os.path.join(workdir, "extra_eval.json")
+        extra = read_json(path, {}) or {}
+        config = read_json(os.path.join(workdir, "config.json"))
+        source = data.load(config["dataset"])
+        x, y = source.x_test.astype(np.float32) / 255.0, source.y_test.astype(np.int32)
+        for checkpoint in checkpoints:
+            if checkpoint in extra:
+                continue
+            if checkpoint == "last" and report["best_epoch"] == report["epochs"] and "best" in extra:
+                extra["last"] = extra["best"]  # the early-stopped model is the last one
+                write_json_atomic(extra, path)
+                continue
+            logits_fn = self._logits_fn(config, os.path.join(workdir, "checkpoints", f"{checkpoint}.keras"))
+            start = time.perf_counter()
+            n = self.aa_examples
+            aa = run_autoattack(logits_fn, x[:n], y[:n], cell.eps / 255.0, seed=cell.seed)
+            entry = {"autoattack": {"robust_accuracy": aa.robust_accuracy, "clean_accuracy": aa.clean_accuracy,
+                                    "num_examples": n, "seconds": time.perf_counter() - start}}
+            if cell.method in SWEEP_METHODS and not cell.extra:
+                pgd = PGD(logits_fn)
+                xs, ys = x[:self.sweep_examples], y[:self.sweep_examples]
+                entry["pgd_20_1_sweep"] = {str(e): float(np.mean(pgd.robust_mask(xs, ys, e / 255.0, 20, 1,
+                                                                                  seed=cell.seed)))
+                                           for e in SWEEP_EPS}
+                entry["sweep_examples"] = self.sweep_examples
+            extra[checkpoint] = entry
+            write_json_atomic(extra, path)
+            print(f"[reproduce] {cell.name} {checkpoint}: AA {100 * aa.robust_accuracy:.1f}% on {n} "
+                  f"({entry['autoattack']['seconds']:.0f} s)", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report: tables and figures.
+
+def training_log(workdir: str) -> List[Dict[str, float]]:
+    path = os.path.join(workdir, "training_log.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as rows:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(rows)]
+
+
+def cell_summary(cell: Cell, output_dir: str) -> Optional[Dict]:
+    """SA, RA-PGD-50-10, RA-AA of best and last, seconds per epoch, best epoch, per-epoch logs; None if untrained."""
+    workdir = cell.workdir(output_dir)
+    report = read_json(os.path.join(workdir, "report.json"))
+    if report is None:
+        return None
+    extra = read_json(os.path.join(workdir, "extra_eval.json"), {}) or {}
+    key = f"{cell.eps:g}/255"
+    summary = {"seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
+               "epochs": report["epochs"], "log": training_log(workdir), "command": " ".join(cell.command(
+                   output_dir, None)[1:])}
+    for checkpoint in CHECKPOINTS:
+        result = report["checkpoints"].get(checkpoint)
+        if result is None:
+            continue
+        summary[checkpoint] = {"SA": result["clean_accuracy"], "RA_PGD": result["robust_accuracy"][PGD_KEY][key],
+                               "num_examples": result["num_examples"]}
+        if checkpoint in extra:
+            summary[checkpoint]["RA_AA"] = extra[checkpoint]["autoattack"]["robust_accuracy"]
+            summary[checkpoint]["AA_examples"] = extra[checkpoint]["autoattack"]["num_examples"]
+            if "pgd_20_1_sweep" in extra[checkpoint]:
+                summary[checkpoint]["sweep"] = extra[checkpoint]["pgd_20_1_sweep"]
+    return summary
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = mean_std(values)
+    if mean != mean:
+        return "-"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def grid_table(summaries: Dict[str, Dict], methods: Sequence[str], eps_list: Sequence[int],
+               seeds: Sequence[int]) -> str:
+    lines = []
+    for eps in eps_list:
+        lines += [f"**ε = {eps}/255** (train = test)", "",
+                  "| method | SA (ES) | RA-PGD-50-10 (ES) | RA-AA (ES) | SA (last) | RA-PGD-50-10 (last) | "
+                  "RA-AA (last) | best epoch | s/epoch | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for method in methods:
+            runs = [summaries.get(f"{method}_eps{eps}_seed{s}") for s in seeds]
+            runs = [r for r in runs if r and "best" in r and "last" in r]
+            if not runs:
+                continue
+            cells = [fmt([r[c].get(k) for r in runs]) for c in CHECKPOINTS for k in ("SA", "RA_PGD", "RA_AA")]
+            epochs = ", ".join(str(r["best_epoch"]) for r in runs)
+            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) +
+                         f" | {epochs} | {fmt([r['seconds_per_epoch'] for r in runs], 1.0, 1)} | {len(runs)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def ablation_table(summaries: Dict[str, Dict], seeds: Sequence[int]) -> str:
+    lines = ["| table | variant | SA (ES) | RA-PGD-50-10 (ES) | RA-AA (ES) | SA (last) | RA-PGD-50-10 (last) | "
+             "s/epoch |", "|---|---|---|---|---|---|---|---|"]
+    default = summaries.get(f"fast_bat_eps8_seed{seeds[0]}")
+    for table in ("A1", "A3", "A4", "A5"):
+        rows = [(ABLATION_DEFAULTS[table] + " (grid cell)", default)]
+        rows += [(name, summaries.get(f"ablation_{name}")) for name, (t, _) in ABLATIONS.items() if t == table]
+        for label, run in rows:
+            if not run or "best" not in run:
+                continue
+            values = [fmt([run["best"].get(k)]).split(" ±")[0] for k in ("SA", "RA_PGD", "RA_AA")]
+            values += [fmt([run["last"].get(k)]).split(" ±")[0] for k in ("SA", "RA_PGD")]
+            lines.append(f"| {table} | {label} | " + " | ".join(values) + f" | {run['seconds_per_epoch']:.1f} |")
+    return "\n".join(lines)
+
+
+def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence[int], methods: Sequence[str],
+            folder: str) -> List[str]:
+    """Fig. 1 (RA against test eps), Fig. 2 (gradient alignment per epoch), held-out RA per epoch."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    figure = Figure(figsize=(5 * len(eps_list), 4))
+    for i, train_eps in enumerate(eps_list):
+        axis = figure.add_subplot(1, len(eps_list), i + 1)
+        for method in SWEEP_METHODS:
+            for checkpoint, style in (("best", "-"), ("last", "--")):
+                runs = [summaries.get(f"{method}_eps{train_eps}_seed{s}") for s in seeds]
+                curves = [[r[checkpoint]["sweep"][str(e)] for e in SWEEP_EPS] for r in runs
+                          if r and "sweep" in r.get(checkpoint, {})]
+                if curves:
+                    axis.errorbar(SWEEP_EPS, 100 * np.mean(curves, 0), yerr=100 * np.std(curves, 0), ls=style,
+                                  marker="o", capsize=2, label=f"{LABELS[method]} ({'ES' if checkpoint == 'best' else 'last'})")
+        axis.set(xlabel="test ε (1/255)", ylabel="RA, PGD-20-1 (%)", title=f"trained at ε = {train_eps}/255")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    written.append(_save(figure, os.path.join(folder, "fig1_ra_vs_eps.png")))
+    for key, name, ylabel in (("gradient_alignment", "fig2_gradient_alignment.png", "gradient alignment (cos)"),
+                              ("val_robust_accuracy", "held_out_ra_per_epoch.png", "held-out RA, PGD-10-1 (%)")):
+        figure = Figure(figsize=(5 * len(eps_list), 4))
+        for i, eps in enumerate(eps_list):
+            axis = figure.add_subplot(1, len(eps_list), i + 1)
+            for method in methods:
+                logs = [summaries[n]["log"] for n in (f"{method}_eps{eps}_seed{s}" for s in seeds)
+                        if n in summaries and summaries[n]["log"]]
+                if not logs:
+                    continue
+                length = min(len(log) for log in logs)
+                values = np.array([[row.get(key, np.nan) for row in log[:length]] for log in logs])
+                scale = 100.0 if key == "val_robust_accuracy" else 1.0
+                axis.plot(np.arange(1, length + 1), scale * np.nanmean(values, 0), marker="o", label=LABELS[method])
+            axis.set(xlabel="epoch", ylabel=ylabel, title=f"ε = {eps}/255 (mean over seeds)")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
+        written.append(_save(figure, os.path.join(folder, name)))
+    return written
+
+
+def _save(figure, path: str) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.tight_layout()
+    FigureCanvasAgg(figure).print_png(path)
+    return path
+
+
+def report(cells: Sequence[Cell], output_dir: str, methods, eps_list, seeds, results_dir: str,
+           figures_dir: str) -> str:
+    summaries = {c.name: s for c in cells if (s := cell_summary(c, output_dir)) is not None}
+    text = "\n".join(["## Grid", "", grid_table(summaries, methods, eps_list, seeds), "## Ablations (ε = 8/255, "
+                      "seed 0)", "", ablation_table(summaries, seeds), ""])
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "reproduce.md"), "w") as out:
+        out.write(text)
+    with open(os.path.join(results_dir, "reproduce.json"), "w") as out:
+        json.dump(summaries, out, indent=1)
+    for path in figures(summaries, eps_list, seeds, methods, figures_dir):
+        print(f"[reproduce] wrote {path}", flush=True)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", default="all", choices=["grid", "ablations", "evaluate", "report", "all"])
+    parser.add_argument("--follow", action="store_true",
+                        help="With --stage=evaluate: evaluate cells as a concurrent training stage finishes them.")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--eps", default="8,16", help="Training (= test) eps list, 1/255 units.")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--ablations", default=",".join(ABLATIONS))
+    parser.add_argument("--epochs", type=int, default=None, help="Override the flagfile's epochs (quick checks).")
+    parser.add_argument("--output_dir", default=os.path.join("runs", "reproduce"))
+    parser.add_argument("--aa_examples", type=int, default=64, help="Test images AutoAttack runs on.")
+    parser.add_argument("--sweep_examples", type=int, default=200, help="Test images of the Fig. 1 eps sweep.")
+    parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--figures_dir", default="results")
+    args = parser.parse_args(argv)
+    args.methods = args.methods.split(",")
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    args.ablations = [a for a in args.ablations.split(",") if a]
+    unknown = sorted(set(args.ablations) - set(ABLATIONS))
+    if unknown:
+        parser.error(f"--ablations: unknown {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
+    try:
+        args.eps = [int(e) for e in args.eps.split(",")]
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError as error:
+        parser.error(f"--eps and --seeds take comma-separated integers: {error}")
+    if args.aa_examples < 1 or args.sweep_examples < 1:
+        parser.error("--aa_examples and --sweep_examples must be positive")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse(argv)
+    os.chdir(ROOT)
+    grid = grid_cells(args.methods, args.eps, args.seeds)
+    ablations = ablation_cells(args.ablations)
+    evaluate = Evaluator(args.aa_examples, args.sweep_examples)
+    start = time.perf_counter()
+    if args.stage == "evaluate" and args.follow:
+        follow(grid + ablations, args.output_dir, evaluate)
+        print(f"[reproduce] evaluated; {time.perf_counter() - start:.0f} s", flush=True)
+        return
+    for group, cells in (("grid", grid), ("ablations", ablations)):
+        if args.stage in (group, "all"):
+            train(cells, args.output_dir, args.epochs)
+        if args.stage in ("evaluate", "all"):
+            for cell in cells:
+                evaluate(cell, args.output_dir)
+        print(f"[reproduce] {group}: {time.perf_counter() - start:.0f} s since the start", flush=True)
+    if args.stage in ("report", "all"):
+        print(report(grid + ablations, args.output_dir, args.methods, args.eps, args.seeds, args.results_dir,
+                     args.figures_dir))
+    print(f"[reproduce] stage {args.stage} took {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
