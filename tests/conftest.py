@@ -1,10 +1,12 @@
-"""Test set-up: quiet TensorFlow, small thread pools (CI has 2 cores), the shared CIFAR-10 slice path."""
+"""Test set-up: quiet TensorFlow with the package's CPU kernels, the shared CIFAR-10 slice path."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
+
+import tf_fastbat  # noqa: E402,F401  (before any test imports TensorFlow: the CPU kernels users get, oneDNN)
 
 import pytest  # noqa: E402
 
