@@ -144,6 +144,17 @@ class Evaluator:
             self._classifiers[key][0].set_weights(loaded.get_weights())
         return self._classifiers[key][1]
 
+    def _pgd_on_aa_subset(self, entry: Dict, config: Dict, workdir: str, checkpoint: str, x, y, cell: Cell) -> None:
+        """PGD-50-10 on AutoAttack's images, so that the two are compared on the same examples."""
+        import numpy as np
+
+        from tf_fastbat.attacks.pgd import PGD
+
+        n = entry["autoattack"]["num_examples"]
+        logits_fn = self._logits_fn(config, os.path.join(workdir, "checkpoints", f"{checkpoint}.keras"))
+        entry["pgd_50_10_on_aa_subset"] = float(np.mean(PGD(logits_fn).robust_mask(x[:n], y[:n], cell.eps / 255.0,
+                                                                                     50, 10, seed=cell.seed)))
+
     def __call__(self, cell: Cell, output_dir: str, checkpoints: Sequence[str] = CHECKPOINTS) -> None:
         """Fills <workdir>/extra_eval.json for `checkpoints` (atomically, one checkpoint at a time)."""
         import numpy as np
@@ -164,6 +175,9 @@ class Evaluator:
         source = data.load(config["dataset"])
         x, y = source.x_test.astype(np.float32) / 255.0, source.y_test.astype(np.int32)
         for checkpoint in checkpoints:
+            if checkpoint in extra and "pgd_50_10_on_aa_subset" not in extra[checkpoint]:
+                self._pgd_on_aa_subset(extra[checkpoint], config, workdir, checkpoint, x, y, cell)
+                write_json_atomic(extra, path)
             if checkpoint in extra:
                 continue
             if checkpoint == "last" and report["best_epoch"] == report["epochs"] and "best" in extra:
@@ -176,6 +190,7 @@ class Evaluator:
             aa = run_autoattack(logits_fn, x[:n], y[:n], cell.eps / 255.0, seed=cell.seed)
             entry = {"autoattack": {"robust_accuracy": aa.robust_accuracy, "clean_accuracy": aa.clean_accuracy,
                                     "num_examples": n, "seconds": time.perf_counter() - start}}
+            self._pgd_on_aa_subset(entry, config, workdir, checkpoint, x, y, cell)
             if cell.method in SWEEP_METHODS and not cell.extra:
                 pgd = PGD(logits_fn)
                 xs, ys = x[:self.sweep_examples], y[:self.sweep_examples]
@@ -219,6 +234,7 @@ def cell_summary(cell: Cell, output_dir: str) -> Optional[Dict]:
                                "num_examples": result["num_examples"]}
         if checkpoint in extra:
             summary[checkpoint]["RA_AA"] = extra[checkpoint]["autoattack"]["robust_accuracy"]
+            summary[checkpoint]["RA_PGD_AA_subset"] = extra[checkpoint].get("pgd_50_10_on_aa_subset")
             summary[checkpoint]["AA_examples"] = extra[checkpoint]["autoattack"]["num_examples"]
             if "pgd_20_1_sweep" in extra[checkpoint]:
                 summary[checkpoint]["sweep"] = extra[checkpoint]["pgd_20_1_sweep"]
@@ -239,20 +255,32 @@ def fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
+def aa_cell(runs: Sequence[Dict], checkpoint: str) -> str:
+    """RA-AA on its subset, with PGD-50-10 on the same images in brackets (AA must not exceed it)."""
+    aa = [r[checkpoint].get("RA_AA") for r in runs if r[checkpoint].get("RA_AA") is not None]
+    if not aa:
+        return "-"
+    pgd = [r[checkpoint].get("RA_PGD_AA_subset") for r in runs if r[checkpoint].get("RA_AA") is not None]
+    seeds = "" if len(aa) == len(runs) else f" ({len(aa)} seed{'s' if len(aa) > 1 else ''})"
+    return f"{fmt(aa)} [{fmt(pgd)}]{seeds}"
+
+
 def grid_table(summaries: Dict[str, Dict], methods: Sequence[str], eps_list: Sequence[int],
                seeds: Sequence[int]) -> str:
     lines = []
     for eps in eps_list:
         lines += [f"**ε = {eps}/255** (train = test)", "",
-                  "| method | SA (ES) | RA-PGD-50-10 (ES) | RA-AA (ES) | SA (last) | RA-PGD-50-10 (last) | "
-                  "RA-AA (last) | best epoch | s/epoch | seeds |",
+                  "| method | SA (ES) | RA-PGD-50-10 (ES) | RA-AA [PGD] (ES) | SA (last) | RA-PGD-50-10 (last) | "
+                  "RA-AA [PGD] (last) | best epoch | s/epoch | seeds |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for method in methods:
             runs = [summaries.get(f"{method}_eps{eps}_seed{s}") for s in seeds]
             runs = [r for r in runs if r and "best" in r and "last" in r]
             if not runs:
                 continue
-            cells = [fmt([r[c].get(k) for r in runs]) for c in CHECKPOINTS for k in ("SA", "RA_PGD", "RA_AA")]
+            cells = [fmt([r[c].get(k) for r in runs]) for c in CHECKPOINTS for k in ("SA", "RA_PGD")]
+            cells.insert(2, aa_cell(runs, "best"))
+            cells.append(aa_cell(runs, "last"))
             epochs = ", ".join(str(r["best_epoch"]) for r in runs)
             lines.append(f"| {LABELS[method]} | " + " | ".join(cells) +
                          f" | {epochs} | {fmt([r['seconds_per_epoch'] for r in runs], 1.0, 1)} | {len(runs)} |")
@@ -261,7 +289,7 @@ def grid_table(summaries: Dict[str, Dict], methods: Sequence[str], eps_list: Seq
 
 
 def ablation_table(summaries: Dict[str, Dict], seeds: Sequence[int]) -> str:
-    lines = ["| table | variant | SA (ES) | RA-PGD-50-10 (ES) | RA-AA (ES) | SA (last) | RA-PGD-50-10 (last) | "
+    lines = ["| table | variant | SA (ES) | RA-PGD-50-10 (ES) | RA-AA [PGD] (ES) | SA (last) | RA-PGD-50-10 (last) | "
              "s/epoch |", "|---|---|---|---|---|---|---|---|"]
     default = summaries.get(f"fast_bat_eps8_seed{seeds[0]}")
     for table in ("A1", "A3", "A4", "A5"):
@@ -270,7 +298,8 @@ def ablation_table(summaries: Dict[str, Dict], seeds: Sequence[int]) -> str:
         for label, run in rows:
             if not run or "best" not in run:
                 continue
-            values = [fmt([run["best"].get(k)]).split(" ±")[0] for k in ("SA", "RA_PGD", "RA_AA")]
+            values = [fmt([run["best"].get(k)]).split(" ±")[0] for k in ("SA", "RA_PGD")]
+            values.append(aa_cell([run], "best"))
             values += [fmt([run["last"].get(k)]).split(" ±")[0] for k in ("SA", "RA_PGD")]
             lines.append(f"| {table} | {label} | " + " | ".join(values) + f" | {run['seconds_per_epoch']:.1f} |")
     return "\n".join(lines)
@@ -297,7 +326,8 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
                                   marker="o", capsize=2, label=f"{LABELS[method]} ({'ES' if checkpoint == 'best' else 'last'})")
         axis.set(xlabel="test ε (1/255)", ylabel="RA, PGD-20-1 (%)", title=f"trained at ε = {train_eps}/255")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     written.append(_save(figure, os.path.join(folder, "fig1_ra_vs_eps.png")))
     for key, name, ylabel in (("gradient_alignment", "fig2_gradient_alignment.png", "gradient alignment (cos)"),
                               ("val_robust_accuracy", "held_out_ra_per_epoch.png", "held-out RA, PGD-10-1 (%)")):
@@ -315,7 +345,8 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
                 axis.plot(np.arange(1, length + 1), scale * np.nanmean(values, 0), marker="o", label=LABELS[method])
             axis.set(xlabel="epoch", ylabel=ylabel, title=f"ε = {eps}/255 (mean over seeds)")
             axis.grid(alpha=0.3)
-            axis.legend(fontsize=8)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=8)
         written.append(_save(figure, os.path.join(folder, name)))
     return written
 

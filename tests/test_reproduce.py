@@ -64,6 +64,7 @@ def fake_cell(workdir, rng, epochs=3):
                               for i, name in enumerate(("best", "last"))}}
     aa = rng.uniform(0.05, 0.1, 2)
     extra = {name: {"autoattack": {"robust_accuracy": float(aa[i]), "num_examples": 64},
+                    "pgd_50_10_on_aa_subset": float(aa[i] + 0.05),
                     "pgd_20_1_sweep": {str(e): float(rng.uniform()) for e in reproduce.SWEEP_EPS}}
              for i, name in enumerate(("best", "last"))}
     alignment = rng.uniform(0, 1, epochs)
@@ -94,7 +95,7 @@ def test_report_gives_numpy_mean_and_sample_std_over_seeds(tmp_path):
     last_ra = [r[0]["checkpoints"]["last"]["robust_accuracy"]["pgd-50-10"]["8/255"] for r in runs]
     best_aa = [r[1]["best"]["autoattack"]["robust_accuracy"] for r in runs]
     assert values[1] == expected(best_sa)
-    assert values[3] == expected(best_aa)
+    assert values[3] == f"{expected(best_aa)} [{expected([a + 0.05 for a in best_aa])}]"
     assert values[5] == expected(last_ra)
     assert values[7] == "2, 2, 2"
     assert values[8] == expected([r[0]["seconds_per_epoch"] for r in runs], 1.0)
