@@ -222,6 +222,8 @@ def cell_summary(cell: Cell, output_dir: str) -> Optional[Dict]:
     if report is None:
         return None
     extra = read_json(os.path.join(workdir, "extra_eval.json"), {}) or {}
+    if "last" not in extra and "best" in extra and report["best_epoch"] == report["epochs"]:
+        extra["last"] = extra["best"]  # the same weights
     key = f"{cell.eps:g}/255"
     summary = {"seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
                "epochs": report["epochs"], "log": training_log(workdir), "command": " ".join(cell.command(
