@@ -175,7 +175,11 @@ class Evaluator:
         source = data.load(config["dataset"])
         x, y = source.x_test.astype(np.float32) / 255.0, source.y_test.astype(np.int32)
         for checkpoint in checkpoints:
-            if checkpoint in extra and "pgd_50_10_on_aa_subset" not in extra[checkpoint]:
+            sweep = cell.method in SWEEP_METHODS and not cell.extra
+            if not self.aa_examples and not sweep:
+                continue  # nothing to do for this cell without AutoAttack
+            if checkpoint in extra and "autoattack" in extra[checkpoint] and \
+                    "pgd_50_10_on_aa_subset" not in extra[checkpoint]:
                 self._pgd_on_aa_subset(extra[checkpoint], config, workdir, checkpoint, x, y, cell)
                 write_json_atomic(extra, path)
             if checkpoint in extra:
@@ -187,11 +191,13 @@ class Evaluator:
             logits_fn = self._logits_fn(config, os.path.join(workdir, "checkpoints", f"{checkpoint}.keras"))
             start = time.perf_counter()
             n = self.aa_examples
-            aa = run_autoattack(logits_fn, x[:n], y[:n], cell.eps / 255.0, seed=cell.seed)
-            entry = {"autoattack": {"robust_accuracy": aa.robust_accuracy, "clean_accuracy": aa.clean_accuracy,
-                                    "num_examples": n, "seconds": time.perf_counter() - start}}
-            self._pgd_on_aa_subset(entry, config, workdir, checkpoint, x, y, cell)
-            if cell.method in SWEEP_METHODS and not cell.extra:
+            entry = {}
+            if n:
+                aa = run_autoattack(logits_fn, x[:n], y[:n], cell.eps / 255.0, seed=cell.seed)
+                entry["autoattack"] = {"robust_accuracy": aa.robust_accuracy, "clean_accuracy": aa.clean_accuracy,
+                                       "num_examples": n, "seconds": time.perf_counter() - start}
+                self._pgd_on_aa_subset(entry, config, workdir, checkpoint, x, y, cell)
+            if sweep:
                 pgd = PGD(logits_fn)
                 xs, ys = x[:self.sweep_examples], y[:self.sweep_examples]
                 entry["pgd_20_1_sweep"] = {str(e): float(np.mean(pgd.robust_mask(xs, ys, e / 255.0, 20, 1,
@@ -200,8 +206,8 @@ class Evaluator:
                 entry["sweep_examples"] = self.sweep_examples
             extra[checkpoint] = entry
             write_json_atomic(extra, path)
-            print(f"[reproduce] {cell.name} {checkpoint}: AA {100 * aa.robust_accuracy:.1f}% on {n} "
-                  f"({entry['autoattack']['seconds']:.0f} s)", flush=True)
+            print(f"[reproduce] {cell.name} {checkpoint}: evaluated in {time.perf_counter() - start:.0f} s "
+                  f"({', '.join(entry)})", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,10 +240,11 @@ def cell_summary(cell: Cell, output_dir: str) -> Optional[Dict]:
             continue
         summary[checkpoint] = {"SA": result["clean_accuracy"], "RA_PGD": result["robust_accuracy"][PGD_KEY][key],
                                "num_examples": result["num_examples"]}
-        if checkpoint in extra:
+        if "autoattack" in extra.get(checkpoint, {}):
             summary[checkpoint]["RA_AA"] = extra[checkpoint]["autoattack"]["robust_accuracy"]
             summary[checkpoint]["RA_PGD_AA_subset"] = extra[checkpoint].get("pgd_50_10_on_aa_subset")
             summary[checkpoint]["AA_examples"] = extra[checkpoint]["autoattack"]["num_examples"]
+        if checkpoint in extra:
             if "pgd_20_1_sweep" in extra[checkpoint]:
                 summary[checkpoint]["sweep"] = extra[checkpoint]["pgd_20_1_sweep"]
     return summary
@@ -318,14 +325,14 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
     figure = Figure(figsize=(5 * len(eps_list), 4))
     for i, train_eps in enumerate(eps_list):
         axis = figure.add_subplot(1, len(eps_list), i + 1)
-        for method in SWEEP_METHODS:
+        for color, method in zip(("tab:blue", "tab:red"), SWEEP_METHODS):
             for checkpoint, style in (("best", "-"), ("last", "--")):
                 runs = [summaries.get(f"{method}_eps{train_eps}_seed{s}") for s in seeds]
                 curves = [[r[checkpoint]["sweep"][str(e)] for e in SWEEP_EPS] for r in runs
                           if r and "sweep" in r.get(checkpoint, {})]
                 if curves:
                     axis.errorbar(SWEEP_EPS, 100 * np.mean(curves, 0), yerr=100 * np.std(curves, 0), ls=style,
-                                  marker="o", capsize=2, label=f"{LABELS[method]} ({'ES' if checkpoint == 'best' else 'last'})")
+                                  marker="o", capsize=2, color=color, label=f"{LABELS[method]} ({'ES' if checkpoint == 'best' else 'last'})")
         axis.set(xlabel="test ε (1/255)", ylabel="RA, PGD-20-1 (%)", title=f"trained at ε = {train_eps}/255")
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
@@ -389,7 +396,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ablations", default=",".join(ABLATIONS))
     parser.add_argument("--epochs", type=int, default=None, help="Override the flagfile's epochs (quick checks).")
     parser.add_argument("--output_dir", default=os.path.join("runs", "reproduce"))
-    parser.add_argument("--aa_examples", type=int, default=64, help="Test images AutoAttack runs on.")
+    parser.add_argument("--aa_examples", type=int, default=64, help="Test images AutoAttack runs on (0: none, only the eps sweep).")
     parser.add_argument("--sweep_examples", type=int, default=200, help="Test images of the Fig. 1 eps sweep.")
     parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--figures_dir", default="results")
@@ -407,8 +414,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError as error:
         parser.error(f"--eps and --seeds take comma-separated integers: {error}")
-    if args.aa_examples < 1 or args.sweep_examples < 1:
-        parser.error("--aa_examples and --sweep_examples must be positive")
+    if args.aa_examples < 0 or args.sweep_examples < 1:
+        parser.error("--aa_examples must be >= 0 (0: no AutoAttack) and --sweep_examples positive")
     return args
 
 
