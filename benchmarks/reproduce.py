@@ -144,14 +144,14 @@ class Evaluator:
             self._classifiers[key][0].set_weights(loaded.get_weights())
         return self._classifiers[key][1]
 
-    def _pgd_on_aa_subset(self, entry: Dict, config: Dict, workdir: str, checkpoint: str, x, y, cell: Cell) -> None:
+    @staticmethod
+    def _pgd_on_aa_subset(entry: Dict, logits_fn, x, y, cell: Cell) -> None:
         """PGD-50-10 on AutoAttack's images, so that the two are compared on the same examples."""
         import numpy as np
 
         from tf_fastbat.attacks.pgd import PGD
 
         n = entry["autoattack"]["num_examples"]
-        logits_fn = self._logits_fn(config, os.path.join(workdir, "checkpoints", f"{checkpoint}.keras"))
         entry["pgd_50_10_on_aa_subset"] = float(np.mean(PGD(logits_fn).robust_mask(x[:n], y[:n], cell.eps / 255.0,
                                                                                      50, 10, seed=cell.seed)))
 
@@ -175,36 +175,32 @@ class Evaluator:
         source = data.load(config["dataset"])
         x, y = source.x_test.astype(np.float32) / 255.0, source.y_test.astype(np.int32)
         for checkpoint in checkpoints:
-            sweep = cell.method in SWEEP_METHODS and not cell.extra
-            if not self.aa_examples and not sweep:
-                continue  # nothing to do for this cell without AutoAttack
-            if checkpoint in extra and "autoattack" in extra[checkpoint] and \
-                    "pgd_50_10_on_aa_subset" not in extra[checkpoint]:
-                self._pgd_on_aa_subset(extra[checkpoint], config, workdir, checkpoint, x, y, cell)
-                write_json_atomic(extra, path)
-            if checkpoint in extra:
-                continue
             if checkpoint == "last" and report["best_epoch"] == report["epochs"] and "best" in extra:
-                extra["last"] = extra["best"]  # the early-stopped model is the last one
+                extra["last"] = dict(extra["best"])  # the early-stopped model is the last one
                 write_json_atomic(extra, path)
                 continue
+            entry = extra.setdefault(checkpoint, {})
+            want_aa = bool(self.aa_examples) and "autoattack" not in entry
+            want_sweep = cell.method in SWEEP_METHODS and not cell.extra and "pgd_20_1_sweep" not in entry
+            want_subset = "autoattack" in entry and "pgd_50_10_on_aa_subset" not in entry
+            if not (want_aa or want_sweep or want_subset):
+                continue  # what this run measures is there already (a partial entry is completed, not redone)
             logits_fn = self._logits_fn(config, os.path.join(workdir, "checkpoints", f"{checkpoint}.keras"))
             start = time.perf_counter()
-            n = self.aa_examples
-            entry = {}
-            if n:
+            if want_aa:
+                n = self.aa_examples
                 aa = run_autoattack(logits_fn, x[:n], y[:n], cell.eps / 255.0, seed=cell.seed)
                 entry["autoattack"] = {"robust_accuracy": aa.robust_accuracy, "clean_accuracy": aa.clean_accuracy,
                                        "num_examples": n, "seconds": time.perf_counter() - start}
-                self._pgd_on_aa_subset(entry, config, workdir, checkpoint, x, y, cell)
-            if sweep:
+            if want_aa or want_subset:
+                self._pgd_on_aa_subset(entry, logits_fn, x, y, cell)
+            if want_sweep:
                 pgd = PGD(logits_fn)
                 xs, ys = x[:self.sweep_examples], y[:self.sweep_examples]
                 entry["pgd_20_1_sweep"] = {str(e): float(np.mean(pgd.robust_mask(xs, ys, e / 255.0, 20, 1,
                                                                                   seed=cell.seed)))
                                            for e in SWEEP_EPS}
                 entry["sweep_examples"] = self.sweep_examples
-            extra[checkpoint] = entry
             write_json_atomic(extra, path)
             print(f"[reproduce] {cell.name} {checkpoint}: evaluated in {time.perf_counter() - start:.0f} s "
                   f"({', '.join(entry)})", flush=True)
