@@ -31,6 +31,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import tf_fastbat  # noqa: E402,F401  (its oneDNN default must precede TensorFlow's import)
+from tf_fastbat.checkpoints import read_json, write_json_atomic  # noqa: E402  (no TensorFlow import)
 
 BASE_FLAGFILE = os.path.join("flags", "reproduce", "base.cfg")
 METHODS = ("fast_at", "fast_at_ga", "pgd", "fast_bat", "n_fgsm")
@@ -116,12 +117,6 @@ def follow(cells: Sequence[Cell], output_dir: str, evaluate: "Evaluator", poll_s
         evaluate(cell, output_dir, ("last",))
 
 
-def read_json(path: str, default=None):
-    from tf_fastbat.checkpoints import read_json as read
-
-    return read(path, default)
-
-
 class Evaluator:
     """AutoAttack and the Fig. 1 sweep, one classifier per architecture whose weights are swapped per checkpoint.
 
@@ -132,6 +127,18 @@ class Evaluator:
     def __init__(self, aa_examples: int, sweep_examples: int):
         self.aa_examples, self.sweep_examples = aa_examples, sweep_examples
         self._classifiers: Dict[Tuple, Tuple] = {}
+        self._test_sets: Dict[str, Tuple] = {}
+
+    def _test_set(self, dataset: str) -> Tuple:
+        """The dataset's test images in [0, 1] and labels, loaded once per dataset."""
+        import numpy as np
+
+        from tf_fastbat import data
+
+        if dataset not in self._test_sets:
+            source = data.load(dataset)
+            self._test_sets[dataset] = (source.x_test.astype(np.float32) / 255.0, source.y_test.astype(np.int32))
+        return self._test_sets[dataset]
 
     def _logits_fn(self, config: Dict, checkpoint_path: str):
         from tf_fastbat import models
@@ -159,10 +166,8 @@ class Evaluator:
         """Fills <workdir>/extra_eval.json for `checkpoints` (atomically, one checkpoint at a time)."""
         import numpy as np
 
-        from tf_fastbat import data
         from tf_fastbat.attacks.autoattack import run_autoattack
         from tf_fastbat.attacks.pgd import PGD
-        from tf_fastbat.checkpoints import write_json_atomic
 
         workdir = cell.workdir(output_dir)
         report = read_json(os.path.join(workdir, "report.json"))
@@ -172,8 +177,7 @@ class Evaluator:
         path = os.path.join(workdir, "extra_eval.json")
         extra = read_json(path, {}) or {}
         config = read_json(os.path.join(workdir, "config.json"))
-        source = data.load(config["dataset"])
-        x, y = source.x_test.astype(np.float32) / 255.0, source.y_test.astype(np.int32)
+        x, y = self._test_set(config["dataset"])
         for checkpoint in checkpoints:
             if checkpoint == "last" and report["best_epoch"] == report["epochs"] and "best" in extra:
                 extra["last"] = dict(extra["best"])  # the early-stopped model is the last one
@@ -312,9 +316,11 @@ def ablation_table(summaries: Dict[str, Dict], seeds: Sequence[int]) -> str:
 
 def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence[int], methods: Sequence[str],
             folder: str) -> List[str]:
-    """Fig. 1 (RA against test eps), Fig. 2 (gradient alignment per epoch), held-out RA per epoch."""
+    """Fig. 1 (RA against test eps), Fig. 2 (gradient alignment per epoch), held-out RA per epoch; their paths."""
     import numpy as np
     from matplotlib.figure import Figure
+
+    from tf_fastbat.plots import save_figure
 
     os.makedirs(folder, exist_ok=True)
     written = []
@@ -333,7 +339,8 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
-    written.append(_save(figure, os.path.join(folder, "fig1_ra_vs_eps.png")))
+    written.append(os.path.join(folder, "fig1_ra_vs_eps.png"))
+    save_figure(figure, written[-1])
     for key, name, ylabel in (("gradient_alignment", "fig2_gradient_alignment.png", "gradient alignment (cos)"),
                               ("val_robust_accuracy", "held_out_ra_per_epoch.png", "held-out RA, PGD-10-1 (%)")):
         figure = Figure(figsize=(5 * len(eps_list), 4))
@@ -352,16 +359,9 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
             axis.grid(alpha=0.3)
             if axis.get_legend_handles_labels()[0]:
                 axis.legend(fontsize=8)
-        written.append(_save(figure, os.path.join(folder, name)))
+        written.append(os.path.join(folder, name))
+        save_figure(figure, written[-1])
     return written
-
-
-def _save(figure, path: str) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    figure.tight_layout()
-    FigureCanvasAgg(figure).print_png(path)
-    return path
 
 
 def report(cells: Sequence[Cell], output_dir: str, methods, eps_list, seeds, results_dir: str,

@@ -26,7 +26,8 @@ TRAINING_PANELS = (
 PERCENT_COLUMNS = ("accuracy", "val_clean_accuracy", "val_robust_accuracy")
 
 
-def _save(figure: Figure, path: str) -> Figure:
+def save_figure(figure: Figure, path: str) -> Figure:
+    """Renders `figure` on the Agg canvas into the PNG `path` (folders created); returns the figure."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     FigureCanvasAgg(figure)
@@ -58,7 +59,7 @@ def robust_accuracy_vs_eps(reports: Dict[str, Dict], path: str, attack: Optional
     axes.grid(alpha=0.3)
     if axes.lines:
         axes.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def read_training_log(csv_path: str) -> Dict[str, np.ndarray]:
@@ -99,7 +100,7 @@ def training_curves(csv_path: str, path: str) -> Figure:
         if len(columns) > 1:
             axes.legend(fontsize=7)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def loss_landscape(a: Sequence[float], b: Sequence[float], loss: np.ndarray, path: str,
@@ -120,7 +121,7 @@ def loss_landscape(a: Sequence[float], b: Sequence[float], loss: np.ndarray, pat
     contour.set_ylabel("b: Rademacher (x/255)")
     figure.suptitle(title)
     figure.subplots_adjust(wspace=0.35)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 __all__ = ["robust_accuracy_vs_eps", "training_curves", "loss_landscape", "read_training_log", "default_attack"]
