@@ -79,7 +79,9 @@ def build_trainer(method_name: str, width: float, batch_size: int, mixed_precisi
     method = methods.build(method_name, **hparams)
     trainer = AdversarialTrainer(classifier, method, seed=0)
     schedule = optim.schedule("cyclic", epochs=20, steps_per_epoch=steps_per_epoch, lr_max=0.2)
-    optimizer = optim.CoupledSGD(schedule, momentum=0.9, l2=5e-4)
+    momentum = optim.momentum_schedule("cyclic", momentum=0.9, cycle_momentum=True, epochs=20,
+                                       steps_per_epoch=steps_per_epoch)
+    optimizer = optim.CoupledSGD(schedule, momentum=momentum, l2=5e-4)
     if mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     trainer.compile(optimizer=optimizer, jit_compile=jit_compile)

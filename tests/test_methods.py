@@ -104,7 +104,12 @@ def test_fast_bat_official_step_sizes():
 
 def test_ga_coefficients_follow_the_official_table():
     assert [default_ga_coef(e / 255) for e in range(2, 17, 2)] == [0.036, 0.063, 0.112, 0.2, 0.356, 0.632, 1.124, 2.0]
-    assert set(GA_COEF_BY_EPS) == set(range(2, 17, 2))
+    assert set(GA_COEF_BY_EPS) == set(range(1, 17))
+    # GradAlign's scripts: 0.02 * 10^(eps / 8), rounded to three decimals for eps = 1..16 (14 is listed as 1.124).
+    for eps in range(1, 17):
+        assert abs(default_ga_coef(eps / 255) - 0.02 * 10 ** (eps / 8)) < 1.5e-3
+    assert default_ga_coef(9.5 / 255) == pytest.approx(0.02 * 10 ** (9.5 / 8))
+    assert default_ga_coef(7 / 255) == 0.150 and default_ga_coef(1 / 255) == 0.027
 
 
 def test_fast_at_is_fgsm_from_the_random_start():
@@ -145,7 +150,7 @@ def test_fast_at_ga_gradient_equals_independent_objective():
     clean = delta_grad(model, x, y, tf.zeros_like(x))
     expected_adv = x + box(1.25 * EPS * tf.sign(clean), x, EPS)
     np.testing.assert_allclose(x_adv.numpy(), expected_adv.numpy(), atol=1e-7)
-    eta = box(noise, x, EPS)
+    eta = noise  # x + eta unclipped, as in both official implementations
     with tf.GradientTape() as tape:
         with tf.GradientTape() as inner:
             inner.watch(eta)

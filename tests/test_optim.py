@@ -46,3 +46,55 @@ def test_multistep_schedule_decays_at_key_epochs():
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="--lr_schedule"):
         optim.schedule("cosine", epochs=1, steps_per_epoch=1, lr_max=0.1)
+
+
+def _torch_official_run(epochs, steps_per_epoch, milestone, cycle_momentum, theta0, targets):
+    """The official trainer's optimizer and scheduler on a quadratic: SGD(0.2, momentum=0.9, weight_decay=5e-4)
+    and CyclicLR(base_lr=0, max_lr=0.2, step_size_up=int(milestone * L), step_size_down=int((E - milestone) * L))."""
+    import torch
+
+    parameter = torch.nn.Parameter(torch.tensor(theta0))
+    sgd = torch.optim.SGD([parameter], lr=0.2, weight_decay=5e-4, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CyclicLR(
+        sgd, base_lr=0.0, max_lr=0.2, step_size_up=int(milestone * steps_per_epoch),
+        step_size_down=int((epochs - milestone) * steps_per_epoch), cycle_momentum=cycle_momentum)
+    trajectory, momenta = [], []
+    for step in range(epochs * steps_per_epoch):
+        sgd.zero_grad()
+        loss = 0.5 * torch.sum((parameter - torch.tensor(targets[step])) ** 2)
+        loss.backward()
+        momenta.append(sgd.param_groups[0]["momentum"])
+        sgd.step()
+        scheduler.step()
+        trajectory.append(parameter.detach().numpy().copy())
+    return np.array(trajectory), np.array(momenta)
+
+
+@pytest.mark.parametrize("cycle_momentum", [True, False])
+def test_optimizer_and_cyclic_schedule_match_torch_over_a_whole_cycle(cycle_momentum):
+    epochs, steps_per_epoch, milestone = 5, 3, 2
+    rng = np.random.default_rng(0)
+    theta0 = rng.normal(size=4).astype(np.float32)
+    targets = rng.normal(size=(epochs * steps_per_epoch, 4)).astype(np.float32)
+    expected, torch_momenta = _torch_official_run(epochs, steps_per_epoch, milestone, cycle_momentum, theta0, targets)
+
+    lr = optim.schedule("cyclic", epochs=epochs, steps_per_epoch=steps_per_epoch, lr_max=0.2,
+                        cyclic_milestone=milestone)
+    momentum = optim.momentum_schedule("cyclic", momentum=0.9, cycle_momentum=cycle_momentum, base_momentum=0.8,
+                                       epochs=epochs, steps_per_epoch=steps_per_epoch, cyclic_milestone=milestone)
+    optimizer = optim.CoupledSGD(lr, momentum=momentum, l2=5e-4)
+    variable = keras.Variable(theta0)
+    for step in range(epochs * steps_per_epoch):
+        optimizer.apply_gradients([(keras.ops.array(variable.numpy() - targets[step]), variable)])
+        np.testing.assert_allclose(variable.numpy(), expected[step], rtol=1e-6, atol=1e-7)
+    if cycle_momentum:  # torch cycles momentum from 0.9 down to 0.8 at the peak and back
+        assert min(torch_momenta) == pytest.approx(0.8) and torch_momenta[0] == pytest.approx(0.9)
+    else:
+        assert set(np.round(torch_momenta, 12)) == {0.9}
+
+
+def test_cyclic_momentum_survives_serialization():
+    momentum = optim.momentum_schedule("cyclic", momentum=0.9, cycle_momentum=True, epochs=4, steps_per_epoch=5)
+    optimizer = optim.CoupledSGD(0.1, momentum=momentum, l2=5e-4)
+    restored = optim.CoupledSGD.from_config(optimizer.get_config())
+    assert [float(restored.momentum(s)) for s in (0, 10, 20)] == pytest.approx([0.9, 0.8, 0.9])

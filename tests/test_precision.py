@@ -129,12 +129,14 @@ def test_fast_bat_under_float16_with_loss_scaling_matches_float32(regime):
 
 
 def test_fast_bat_under_bfloat16_is_as_accurate_as_a_plain_gradient():
-    """bfloat16 keeps 8 mantissa bits, so no gradient is exact: Fast-BAT's gradient and implicit term are within 3x
-    the plain cross-entropy gradient's bfloat16 error (measured: 1.3x, 1.6x) and within 0.25 of float32 per
-    variable (no loss scale)."""
+    """bfloat16 keeps 8 mantissa bits, so no gradient is exact: Fast-BAT's gradient and implicit term are within 5x
+    the plain cross-entropy gradient's bfloat16 error and within 0.25 of float32 per variable (no loss scale).
+
+    Measured: 1.3x and 1.6x on a CPU without native bfloat16; 3.0x and 4.2x (0.13, 0.18 against 0.043) with
+    oneDNN's AVX512_BF16 kernels, which round the convolutions' inputs as well."""
     measured = errors("mixed_bfloat16", "typical")
     for part in ("fast_bat", "implicit"):
-        assert measured[part] < min(0.25, 3 * measured["plain"]), measured
+        assert measured[part] < min(0.25, 5 * measured["plain"]), measured
 
 
 @pytest.mark.parametrize("regime", ["typical", "small_gradients"])

@@ -44,7 +44,8 @@ def define_method_flags() -> None:
     flags.DEFINE_float("eps", 8.0, "Training eps, in 1/255 units (8 means 8/255).")
     flags.DEFINE_float("attack_lr", None, "Attack step in 1/255 units; default: the official rule per method "
                        "(fast_bat 5000 for eps <= 8 else 2000; fast_at 1.25 eps; pgd 0.5 eps for 2 steps).")
-    flags.DEFINE_float("lmbda", 10.0, "Fast-BAT lambda of the implicit gradient (eq. 11).")
+    flags.DEFINE_float("lmbda", 10.0, "Fast-BAT lambda of the implicit gradient (eq. 11); 0 means 1/attack_lr, "
+                       "as in the official trainer.")
     flags.DEFINE_enum("linearization", "pgd_nosign", ["pgd_nosign", "pgd_sign", "uniform", "corner"],
                       "Fast-BAT linearization point (Remark 2, Table A3).")
     flags.DEFINE_enum("implicit_gradient", "hessian_free", ["hessian_free", "hessian_aware"],
@@ -63,7 +64,11 @@ def define_optimization_flags() -> None:
     flags.DEFINE_float("cyclic_milestone", None, "Epoch of the cyclic peak (default: mid-run).")
     flags.DEFINE_list("key_epochs", ["100", "150"], "Multistep decay epochs.")
     flags.DEFINE_float("lr_decay_rate", 0.1, "Multistep decay factor.")
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum (with --cycle_momentum: its peak, torch's max_momentum).")
+    flags.DEFINE_boolean("cycle_momentum", True, "Under --lr_schedule=cyclic, cycle the momentum inversely to the "
+                         "learning rate between --base_momentum and --momentum, as torch's CyclicLR does by default "
+                         "in the official trainer; false holds it at --momentum.")
+    flags.DEFINE_float("base_momentum", 0.8, "The cyclic momentum's floor, reached at the learning-rate peak.")
     flags.DEFINE_float("weight_decay", 5e-4, "Coupled L2 weight decay (like torch.optim.SGD).")
     flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (quick experiments).")
 
@@ -142,8 +147,8 @@ def method_hparams(f=FLAGS) -> Dict:
     if f.method in ("fast_bat", "fast_at", "fast_at_ga", "pgd", "n_fgsm"):
         hparams["attack_lr"] = attack_lr
     if f.method == "fast_bat":
-        if f.lmbda <= 0:
-            raise ConfigError(f"--lmbda={f.lmbda}: must be positive")
+        if f.lmbda < 0:
+            raise ConfigError(f"--lmbda={f.lmbda}: must be >= 0 (0 means 1/attack_lr)")
         if f.cg_steps < 1:
             raise ConfigError(f"--cg_steps={f.cg_steps}: must be at least 1")
         hparams.update(lmbda=f.lmbda, linearization=f.linearization, implicit_gradient=f.implicit_gradient,
@@ -173,6 +178,7 @@ def validate_training(f=FLAGS) -> None:
         (f.lr_max > 0, f"--lr_max={f.lr_max}: must be positive"),
         (0 <= f.lr_min <= f.lr_max, f"--lr_min={f.lr_min}: must be in [0, --lr_max]"),
         (0.0 <= f.momentum < 1.0, f"--momentum={f.momentum}: must be in [0, 1)"),
+        (0.0 <= f.base_momentum <= f.momentum, f"--base_momentum={f.base_momentum}: must be in [0, --momentum]"),
         (f.weight_decay >= 0, f"--weight_decay={f.weight_decay}: must be >= 0"),
         (f.width_multiplier > 0, f"--width_multiplier={f.width_multiplier}: must be positive"),
         (f.steps_per_epoch is None or f.steps_per_epoch >= 1, f"--steps_per_epoch={f.steps_per_epoch}: must be >= 1"),
@@ -208,6 +214,6 @@ _OWN_FLAGS = (
     "workdir seed deterministic dataset data_dir manual_dir image_size val_ratio model activation width_multiplier "
     "method eps attack_lr lmbda linearization implicit_gradient cg_steps ga_coef attack_step epochs batch_size "
     "lr_schedule lr_max lr_min "
-    "cyclic_milestone key_epochs lr_decay_rate momentum weight_decay steps_per_epoch es_attack_step es_restarts "
+    "cyclic_milestone key_epochs lr_decay_rate momentum cycle_momentum base_momentum weight_decay steps_per_epoch es_attack_step es_restarts "
     "es_num_examples eval_attack_step eval_restarts eval_num_examples eval_eps distribution jit_compile "
     "mixed_precision tensorboard export_dir export_model_name sync_batch_norm").split()

@@ -75,7 +75,10 @@ def run(f=FLAGS) -> dict:
         lr = optim.schedule(f.lr_schedule, epochs=f.epochs, steps_per_epoch=steps_per_epoch, lr_max=f.lr_max,
                             lr_min=f.lr_min, cyclic_milestone=f.cyclic_milestone,
                             key_epochs=[int(e) for e in f.key_epochs], decay=f.lr_decay_rate)
-        optimizer = optim.CoupledSGD(lr, momentum=f.momentum, l2=f.weight_decay)
+        momentum = optim.momentum_schedule(f.lr_schedule, momentum=f.momentum, cycle_momentum=f.cycle_momentum,
+                                           base_momentum=f.base_momentum, epochs=f.epochs,
+                                           steps_per_epoch=steps_per_epoch, cyclic_milestone=f.cyclic_milestone)
+        optimizer = optim.CoupledSGD(lr, momentum=momentum, l2=f.weight_decay)
         if f.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         trainer.compile(optimizer=optimizer, jit_compile=f.jit_compile)

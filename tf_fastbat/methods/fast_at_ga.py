@@ -9,16 +9,22 @@ import tensorflow as tf
 
 from tf_fastbat.methods.base import Method, Step
 from tf_fastbat.methods.common import ce_mean, input_gradient, project, scaled
+from tf_fastbat.methods.statistics import OfficialForwards
 
-# Official coefficients for eps = 2, 4, ..., 16 (/255).
-GA_COEF_BY_EPS = {2: 0.036, 4: 0.063, 6: 0.112, 8: 0.2, 10: 0.356, 12: 0.632, 14: 1.124, 16: 2.0}
+# GradAlign's own CIFAR-10 scripts (sh/exps_diff_eps_cifar10.sh), eps = 1..16 (/255); Fast-BAT's README copies
+# the even ones. Between and beyond them the scripts' rule: exp(eps ln(10) / 8 + ln(0.02)).
+GA_COEF_BY_EPS = {1: 0.027, 2: 0.036, 3: 0.047, 4: 0.063, 5: 0.084, 6: 0.112, 7: 0.150, 8: 0.200, 9: 0.267,
+                  10: 0.356, 11: 0.474, 12: 0.632, 13: 0.843, 14: 1.124, 15: 1.500, 16: 2.000}
+FORWARDS = OfficialForwards(official=("clean", "adversarial", "clean", "noisy"), ours=("clean", "adversarial", "noisy"))
 
 
 def default_ga_coef(eps: float) -> float:
-    """The official table's coefficient for the nearest tabulated eps (in 1/255 units)."""
+    """The scripts' coefficient for an integer eps in 1..16 (1/255 units), their log-linear rule otherwise."""
     eps_255 = eps * 255.0
-    nearest = min(GA_COEF_BY_EPS, key=lambda e: abs(e - eps_255))
-    return GA_COEF_BY_EPS[nearest]
+    tabulated = round(eps_255)
+    if abs(eps_255 - tabulated) < 1e-6 and tabulated in GA_COEF_BY_EPS:
+        return GA_COEF_BY_EPS[tabulated]
+    return 0.02 * 10.0 ** (eps_255 / 8.0)
 
 
 def gradient_alignment(clean_gradient: tf.Tensor, noisy_gradient: tf.Tensor) -> tf.Tensor:
@@ -46,20 +52,21 @@ class FastATGA(Method):
     def step(self, model, x, y, noise, loss_scale=None):
         step = 1.25 * self.eps if self.attack_lr is None else self.attack_lr
         # One clean input gradient serves both the FGSM direction and the alignment's clean side (detached).
-        clean_gradient = tf.stop_gradient(input_gradient(model, x, y, tf.zeros_like(x), loss_scale))
+        with FORWARDS.at("clean"):
+            clean_gradient = tf.stop_gradient(input_gradient(model, x, y, tf.zeros_like(x), loss_scale))
         delta = project(step * tf.sign(clean_gradient), x, self.eps)
         x_adv = x + delta
         variables = model.trainable_variables
-        with tf.GradientTape() as adversarial_tape:
+        with tf.GradientTape() as adversarial_tape, FORWARDS.at("adversarial"):
             logits = model(x_adv, training=True)
             adversarial_loss = scaled(ce_mean(logits, y), loss_scale)
         grads = adversarial_tape.gradient(adversarial_loss, variables)
-        random_point = project(noise, x, self.eps)
+        # The noisy point x + eta is not clipped to [0, 1]: both official implementations take it as is.
         with tf.GradientTape() as cross_tape:
-            with tf.GradientTape() as inner:
-                inner.watch(random_point)
-                noisy_loss = scaled(ce_mean(model(x + random_point, training=True), y), loss_scale)
-            noisy_gradient = inner.gradient(noisy_loss, random_point)  # kept for the double back-prop (this one only)
+            with tf.GradientTape() as inner, FORWARDS.at("noisy"):
+                inner.watch(noise)
+                noisy_loss = scaled(ce_mean(model(x + noise, training=True), y), loss_scale)
+            noisy_gradient = inner.gradient(noisy_loss, noise)  # kept for the double back-prop (this one only)
         # The regularizer depends on theta only through noisy_gradient, so its theta-gradient is the vector-Jacobian
         # product of noisy_gradient with d regularizer / d noisy_gradient (the chain rule the outer tape would apply).
         with tf.GradientTape() as alignment_tape:

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tf_fastbat.methods.base import Method, Step
 from tf_fastbat.methods.common import ce_sum, input_gradient, project, scaled, unscaled
+from tf_fastbat.methods.statistics import OfficialForwards
 
 LINEARIZATIONS = ("pgd_nosign", "pgd_sign", "uniform", "corner")
 IMPLICIT_GRADIENTS = ("hessian_free", "hessian_aware")
@@ -31,7 +32,7 @@ def interior_mask(delta: tf.Tensor, x: tf.Tensor, eps: float) -> tf.Tensor:
 @dataclasses.dataclass(frozen=True)
 class FastBAT(Method):
     attack_lr: Optional[float] = None  # a = 1/lambda of eq. 8; None: the official rule
-    lmbda: float = 10.0  # the lambda of the implicit gradient (eq. 11)
+    lmbda: float = 10.0  # the lambda of the implicit gradient (eq. 11); 0: 1/attack_lr, as the official trainer
     linearization: str = "pgd_nosign"
     implicit_gradient: str = "hessian_free"  # Table A4: eq. 11, or (lambda I - grad_dd CE)^-1 solved by CG
     cg_steps: int = 5  # conjugate-gradient iterations of the Hessian-aware solve
@@ -41,8 +42,8 @@ class FastBAT(Method):
     def __post_init__(self):
         if self.linearization not in LINEARIZATIONS:
             raise ValueError(f"--linearization must be one of {', '.join(LINEARIZATIONS)}, got {self.linearization!r}")
-        if self.lmbda <= 0:
-            raise ValueError(f"--lmbda must be positive, got {self.lmbda}")
+        if self.lmbda < 0:
+            raise ValueError(f"--lmbda must be >= 0 (0: 1/attack_lr), got {self.lmbda}")
         if self.implicit_gradient not in IMPLICIT_GRADIENTS:
             raise ValueError(f"--implicit_gradient must be one of {', '.join(IMPLICIT_GRADIENTS)}, "
                              f"got {self.implicit_gradient!r}")
@@ -52,26 +53,38 @@ class FastBAT(Method):
     def step_size(self) -> float:
         return default_attack_lr(self.eps) if self.attack_lr is None else self.attack_lr
 
-    def linearization_point(self, model, x, y, noise, loss_scale=None) -> tf.Tensor:
+    def implicit_lambda(self) -> float:
+        """lambda of eq. 11; the official trainer reads --lmbda=0 as 1/attack_lr."""
+        return 1.0 / self.step_size() if self.lmbda == 0 else self.lmbda
+
+    def forwards(self) -> OfficialForwards:
+        """The official loop's training-mode forwards: random start (if any), z, and delta* twice."""
+        start = ("random_start",) if self.linearization in ("pgd_nosign", "pgd_sign") else ()
+        ours = start + ("linearization_point", "lower_level_solution")
+        return OfficialForwards(official=ours + ("lower_level_solution",), ours=ours)
+
+    def linearization_point(self, model, x, y, noise, loss_scale=None, forwards=None) -> tf.Tensor:
         """z, the point where the lower-level loss is linearized (Remark 2, Table A3)."""
         random_start = project(noise, x, self.eps)
         if self.linearization == "uniform":
             return random_start
         if self.linearization == "corner":
             return project(self.eps * tf.sign(noise), x, self.eps)
-        gradient = input_gradient(model, x, y, random_start, loss_scale)
+        forwards = forwards or self.forwards()
+        with forwards.at("random_start"):
+            gradient = input_gradient(model, x, y, random_start, loss_scale)
         if self.linearization == "pgd_sign":
             return project(random_start + 1.25 * self.eps * tf.sign(gradient), x, self.eps)
         return project(random_start + self.step_size() * gradient, x, self.eps)
 
     def step(self, model, x, y, noise, loss_scale=None):
-        a = self.step_size()
-        z = tf.stop_gradient(self.linearization_point(model, x, y, noise, loss_scale))
+        a, lmbda, forwards = self.step_size(), self.implicit_lambda(), self.forwards()
+        z = tf.stop_gradient(self.linearization_point(model, x, y, noise, loss_scale, forwards))
         variables = model.trainable_variables
         hessian_aware = self.implicit_gradient == "hessian_aware"
         with tf.GradientTape(persistent=hessian_aware) as cross_tape:
             cross_tape.watch(z)
-            with tf.GradientTape() as z_tape:
+            with tf.GradientTape() as z_tape, forwards.at("linearization_point"):
                 z_tape.watch(z)
                 loss_at_z = scaled(ce_sum(model(x + z, training=True), y), loss_scale)
             scaled_grad_at_z = z_tape.gradient(loss_at_z, z)  # a function of theta, kept for the cross term
@@ -79,7 +92,7 @@ class FastBAT(Method):
         lower_level_solution = tf.stop_gradient(project(z + a * grad_at_z, x, self.eps))  # eq. 8
         batch_size = tf.cast(tf.shape(x)[0], tf.float32)
         # One forward/backward at delta* gives both the theta- and the delta-gradient of CE.
-        with tf.GradientTape() as star_tape:
+        with tf.GradientTape() as star_tape, forwards.at("lower_level_solution"):
             star_tape.watch(lower_level_solution)
             logits = model(x + lower_level_solution, training=True)
             loss_at_star = scaled(ce_sum(logits, y), loss_scale)
@@ -88,16 +101,16 @@ class FastBAT(Method):
         # eqs. 10-11: d delta*/d theta^T g = (1/lambda) grad_theta <grad_delta CE(z), H g>, Hessian-free.
         direction = tf.stop_gradient(mask * unscaled(grad_delta_star, loss_scale))  # H g
         if hessian_aware:  # lambda (lambda I - grad_dd CE(z))^-1 H g on the interior; lambda cancels below
-            direction = self.lmbda * hessian_aware_solve(
+            direction = lmbda * hessian_aware_solve(
                 lambda v: unscaled(cross_tape.gradient(scaled_grad_at_z, z, output_gradients=v), loss_scale),
-                direction, mask, self.lmbda, self.cg_steps)
+                direction, mask, lmbda, self.cg_steps)
         # The cross term is linear in the cotangent, so constant factors go on its result: 1/(lambda B) always,
         # and under loss scaling (float16) also max|H g|, so that the double backward runs on a cotangent of
         # size 1 (small gradients would underflow) while the primal S grad_at_z carries the loss scale S.
         peak = 1.0 if loss_scale is None else tf.maximum(tf.reduce_max(tf.abs(direction)), 1e-30)
         cotangent = direction if loss_scale is None else direction / peak
         cross_term = cross_tape.gradient(scaled_grad_at_z, variables, output_gradients=cotangent)
-        implicit_weight = peak / (self.lmbda * batch_size)
+        implicit_weight = peak / (lmbda * batch_size)
         grads = [
             g / batch_size if cross is None else g / batch_size + tf.cast(implicit_weight, cross.dtype) * cross
             for g, cross in zip(grad_theta_star, cross_term)

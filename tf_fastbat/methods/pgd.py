@@ -12,12 +12,8 @@ from tf_fastbat.methods.common import train_on, project, signed_step
 
 
 def default_step_size(eps: float, steps: int) -> float:
-    """The official rule: 0.5 eps for PGD-2, 2/255 for PGD-10, otherwise eps/4."""
-    if steps == 2:
-        return 0.5 * eps
-    if steps == 10:
-        return 2.0 / 255.0
-    return eps / 4.0
+    """The official rule: 0.5 eps for PGD-2, otherwise the official --attack_lr default of 2/255."""
+    return 0.5 * eps if steps == 2 else 2.0 / 255.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,8 @@ import math
 
 import keras
 
+from tf_fastbat.models.batch_norm import BatchNorm
+
 ACTIVATIONS = ("relu", "softplus", "swish")
 
 
@@ -46,8 +48,8 @@ def conv(filters: int, kernel: int, stride: int = 1, name: str = None, initializ
 
 
 def batch_norm(name: str = None):
-    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here; eps 1e-5)."""
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    """torch's BatchNorm2d: its defaults (momentum 0.1 there is 0.9 here; eps 1e-5) and its running variance."""
+    return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
 
 
 def activation(kind: str, name: str = None):
