@@ -35,17 +35,19 @@ MODELS = ("plain", "syncbn")
 # The subprocess side.
 
 def build_classifier(kind: str):
-    """A tiny CNN: "plain" has no BatchNormalization; "syncbn" has the models' plain BatchNormalization, switched
-    to global-batch statistics by tf_fastbat.distribution.synchronize_batch_norm; "bn" leaves it per replica."""
+    """A tiny CNN: "plain" has no BatchNormalization; "syncbn" has the models' BatchNorm (torch's running
+    variance, reweighted per forward from each replica's thread), switched to global-batch statistics by
+    tf_fastbat.distribution.synchronize_batch_norm; "bn" leaves it per replica."""
     import keras
 
     from tf_fastbat import distribution
+    from tf_fastbat.models.layers import batch_norm
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(4, 3, padding="same", use_bias=kind == "plain")(inputs)
     if kind in ("syncbn", "bn"):
-        h = keras.layers.BatchNormalization()(h)
+        h = batch_norm()(h)
     h = keras.layers.Activation("softplus")(h)
     h = keras.layers.Conv2D(4, 3, strides=2, padding="same")(h)
     h = keras.layers.Activation("softplus")(keras.layers.GlobalAveragePooling2D()(h))
@@ -66,7 +68,7 @@ def training_batches():
 
 
 def train(strategy, kind: str, method: str, hparams: Dict) -> List[np.ndarray]:
-    """The trainable weights after each of STEPS steps of AdversarialTrainer.fit (one step per epoch)."""
+    """The weights (BatchNorm's moving averages included) after each of STEPS steps of AdversarialTrainer.fit."""
     import keras
 
     from tf_fastbat import methods, optim
@@ -80,7 +82,7 @@ def train(strategy, kind: str, method: str, hparams: Dict) -> List[np.ndarray]:
         trainer.optimizer.build(classifier.trainable_variables)
     snapshots = []
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(
-        np.concatenate([v.numpy().ravel() for v in classifier.trainable_variables])))
+        np.concatenate([v.numpy().ravel() for v in classifier.weights])))
     trainer.fit(training_batches(), epochs=STEPS, steps_per_epoch=1, callbacks=[record], verbose=0)
     return snapshots
 
