@@ -70,3 +70,46 @@ def test_initialization_differs_across_layers_and_repeats_with_the_seed():
         np.testing.assert_array_equal(w1, w2)
     bound = 1 / np.sqrt(3 * 3 * a.shape[2])  # torch's U(+-1/sqrt(fan_in))
     assert np.abs(a).max() <= bound and np.abs(a).max() > 0.9 * bound
+
+
+@pytest.mark.parametrize("kernel", [3, 1, 7])
+def test_strided_convolutions_sample_like_torch(kernel):
+    """torch's Conv2d(stride=2, padding=kernel // 2); Keras 'same' would pad 0 before and 1 after instead."""
+    import torch
+    import torch.nn.functional as F
+
+    inputs = keras.Input((16, 16, 4))
+    layer_model = keras.Model(inputs, models.layers.conv(5, kernel, 2, name="downsample")(inputs))
+    x = np.random.default_rng(2).normal(size=(2, 16, 16, 4)).astype(np.float32)
+    weight = torch.from_numpy(layer_model.get_layer("downsample").kernel.numpy()).permute(3, 2, 0, 1)
+    expected = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), weight, stride=2, padding=kernel // 2)
+    np.testing.assert_allclose(layer_model(x), expected.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+def test_imagenet_stem_pads_like_torch_also_before_negative_activations():
+    """7x7/2 conv (padding 3), BN, swish, 3x3/2 max-pool (padding 1, by -inf: swish is negative at borders)."""
+    import torch
+    import torch.nn.functional as F
+
+    model = models.build("resnet50_imagenet", width_multiplier=0.125, activation="swish", input_shape=(64, 64, 3),
+                         mean=(0, 0, 0), std=(1, 1, 1))
+    stem = keras.Model(model.input, model.get_layer("stem_pool").output)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    weight = torch.from_numpy(model.get_layer("stem_conv").kernel.numpy()).permute(3, 2, 0, 1)
+    bn = model.get_layer("stem_bn")
+    out = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), weight, stride=2, padding=3)
+    out = F.silu(F.batch_norm(out, *(torch.from_numpy(v.numpy()) for v in (bn.moving_mean, bn.moving_variance,
+                                                                           bn.gamma, bn.beta)), eps=1e-5))
+    expected = F.max_pool2d(out, 3, stride=2, padding=1)
+    zero_padded = F.max_pool2d(F.pad(out, (1, 1, 1, 1)), 3, stride=2)
+    assert not torch.equal(expected, zero_padded), "the test needs border windows of only negative activations"
+    np.testing.assert_allclose(stem(x), expected.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+def test_wide_resnet_convs_are_initialized_like_kaiming_normal():
+    """The zoo's kaiming_normal_(fan_in, relu): N(0, 2 / fan_in) untruncated (Keras' HeNormal cuts at 2 sigma)."""
+    model = models.build("wrn16_8", width_multiplier=0.5)
+    kernel = model.get_layer("stage2_unit1_conv1").kernel.numpy()
+    sigma = np.sqrt(2.0 / (3 * 3 * kernel.shape[2]))
+    assert abs(kernel.std() / sigma - 1) < 0.02
+    assert 0.035 < np.mean(np.abs(kernel) > 2 * sigma) < 0.056  # a normal's two-sided tail, 4.55%

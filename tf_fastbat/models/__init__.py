@@ -29,8 +29,11 @@ NAMES = tuple(ARCHITECTURES)
 
 def build(name: str, num_classes: int = 10, activation: str = "relu", width_multiplier: float = 1.0,
           input_shape: Tuple[int, int, int] = (32, 32, 3), mean: Sequence[float] = (0.5, 0.5, 0.5),
-          std: Sequence[float] = (0.5, 0.5, 0.5)) -> keras.Model:
-    """A functional Keras model: [0, 1] images -> normalize by (mean, std) -> `name` -> logits."""
+          std: Sequence[float] = (0.5, 0.5, 0.5), **options) -> keras.Model:
+    """A functional Keras model: [0, 1] images -> normalize by (mean, std) -> `name` -> logits.
+
+    `options` go to the architecture (e.g. preact_resnet's final_bn, for checkpoints of other PreActResNets).
+    """
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(NAMES)}")
     if activation not in ACTIVATIONS:
@@ -41,7 +44,7 @@ def build(name: str, num_classes: int = 10, activation: str = "relu", width_mult
     variance = [s * s for s in std]
     normalized = keras.layers.Normalization(axis=-1, mean=list(mean), variance=variance, name="normalize")(inputs)
     logits = ARCHITECTURES[name](inputs, normalized, num_classes=num_classes, act=activation,
-                                 width_multiplier=width_multiplier)
+                                 width_multiplier=width_multiplier, **options)
     return keras.Model(inputs, logits, name=name)
 
 
@@ -55,4 +58,14 @@ def load(path: str) -> keras.Model:
         raise ValueError(f"cannot load a Keras model from {path}: {error}") from error
 
 
-__all__ = ["build", "load", "NAMES", "ARCHITECTURES"]
+def from_torch(checkpoint, model: str, **kwargs) -> keras.Model:
+    """A PyTorch checkpoint (the official model zoo's, RobustBench's) as a `build` model; see torch_import.
+
+    A wrapper, so that importing tf_fastbat never imports torch.
+    """
+    from tf_fastbat.models.torch_import import from_torch as convert
+
+    return convert(checkpoint, model, **kwargs)
+
+
+__all__ = ["build", "load", "from_torch", "NAMES", "ARCHITECTURES"]

@@ -22,8 +22,8 @@ def torch_default_init() -> keras.initializers.Initializer:
 
 
 def he_normal() -> keras.initializers.Initializer:
-    """The WRN's kaiming_normal_(fan_in, relu), a new instance per layer."""
-    return keras.initializers.HeNormal()
+    """The WRN's kaiming_normal_(fan_in, relu): an untruncated normal (Keras' HeNormal truncates), one per layer."""
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_in", distribution="untruncated_normal")
 
 
 @keras.saving.register_keras_serializable(package="tf_fastbat")
@@ -42,9 +42,18 @@ class ScaledSoftplus(keras.layers.Layer):
 
 
 def conv(filters: int, kernel: int, stride: int = 1, name: str = None, initializer=torch_default_init):
-    """A bias-free 'same' convolution; `initializer` is a factory called once per layer."""
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                               kernel_initializer=initializer(), name=name)
+    """A bias-free convolution padded as torch's Conv2d(padding=kernel // 2); `initializer` is a factory.
+
+    'same' is that padding only at stride 1: strided it pads 0 before and 1 after on even sizes, sampling other
+    pixels than torch, so a strided convolution gets a symmetric ZeroPadding2D (`{name}_pad`) and 'valid'.
+    """
+    same = stride == 1 and kernel % 2 == 1
+    layer = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same" if same else "valid", use_bias=False,
+                                kernel_initializer=initializer(), name=name)
+    if same or kernel // 2 == 0:
+        return layer
+    padding = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad" if name else None)
+    return lambda x: layer(padding(x))
 
 
 def batch_norm(name: str = None):
