@@ -6,7 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
 
-import tf_fastbat  # noqa: E402,F401  (before any test imports TensorFlow: the CPU kernels users get, oneDNN)
+from tf_fastbat.runtime import prefer_onednn  # noqa: E402
+
+prefer_onednn()  # before any test imports TensorFlow: the CPU kernels the tools give users (oneDNN)
 
 import pytest  # noqa: E402
 

@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, SHARED_SLICE
-from tf_fastbat import evaluate, metrics, report
+from tf_fastbat import evaluation, metrics, report
 from tf_fastbat.attacks.cleverhans_pgd import CleverhansPGD
 from tf_fastbat.attacks.pgd import PGD
-from tf_fastbat.attacks.transfer import transfer_robust_mask
+from tf_fastbat.attacks.transfer import TransferAttack
 
 SHAPE = (4, 4, 3)  # 48 "pixels": linear models stay small
 DIM = int(np.prod(SHAPE))
@@ -136,14 +136,14 @@ def test_at_eps_zero_robust_accuracy_equals_clean_accuracy(binary_problem):
     # The attack code itself (no eps == 0 shortcut): the perturbation is zero, so are the flips.
     x_adv = PGD(fn).perturb(x, y, 0.0, steps=10, step_size=0.0, seed=[0, 0])
     np.testing.assert_array_equal(x_adv, x)
-    result = evaluate.evaluate_model(fn, x, y, [0, 8], ["pgd", "cleverhans_pgd"],
-                                     evaluate.Settings(pgd_steps=5, pgd_restarts=2, cleverhans_steps=5),
-                                     alignment=False)
+    result = evaluation.evaluate_model(fn, x, y, [0, 8 / 255], ["pgd", "cleverhans_pgd"],
+                                       evaluation.Settings(pgd_steps=5, pgd_restarts=2, cleverhans_steps=5),
+                                       alignment=False)
     assert result["clean_accuracy"] == pytest.approx(clean.mean())
     for name in ("pgd-5-2", "cleverhans-pgd-5"):
         assert result["robust_accuracy"][name]["0/255"] == pytest.approx(clean.mean())
         assert result["robust_accuracy"][name]["8/255"] < clean.mean()
-    autoattack = evaluate.evaluate_model(fn, x, y, [0], ["autoattack"], alignment=False)
+    autoattack = evaluation.evaluate_model(fn, x, y, [0], ["autoattack"], alignment=False)
     assert autoattack["robust_accuracy"]["autoattack"]["0/255"] == pytest.approx(clean.mean())
 
 
@@ -153,6 +153,9 @@ def test_at_eps_zero_robust_accuracy_equals_clean_accuracy(binary_problem):
 def test_transfer_from_the_model_itself_is_the_white_box_optimum_and_from_its_mirror_breaks_nothing(binary_problem):
     w, b, x, y, eps = binary_problem
     victim = linear_fn(w, b)
+    def transfer_robust_mask(surrogate, victim, x, y, eps, steps, seed):
+        return TransferAttack(surrogate, "surrogate", steps, seed=seed).robust_mask(victim, x, y, eps)
+
     same = transfer_robust_mask(victim, victim, x, y, eps, steps=20, seed=0)
     np.testing.assert_array_equal(same, exact_linf_robust(w, b, x, y, eps))
     # A surrogate with the classes swapped climbs its own loss by raising the victim's margin: nothing breaks.
@@ -237,11 +240,11 @@ def test_a_model_that_outputs_probabilities_or_is_random_is_flagged(binary_probl
     logits = linear_fn(w, b)
     probabilities = lambda t: tf.nn.softmax(logits(t))  # noqa: E731
     noisy = lambda t: logits(t) + tf.random.normal([tf.shape(t)[0], 2])  # noqa: E731
-    assert evaluate.model_warnings(logits, x, y) == []
-    assert any("probability" in m for m in evaluate.model_warnings(probabilities, x, y))
-    assert any("randomized" in m for m in evaluate.model_warnings(noisy, x, y))
-    result = evaluate.evaluate_model(noisy, x[:20], y[:20], [8], ["pgd"], evaluate.Settings(pgd_steps=2,
-                                                                                           pgd_restarts=1))
+    assert evaluation.model_warnings(logits, x, y) == []
+    assert any("probability" in m for m in evaluation.model_warnings(probabilities, x, y))
+    assert any("randomized" in m for m in evaluation.model_warnings(noisy, x, y))
+    result = evaluation.evaluate_model(noisy, x[:20], y[:20], [8 / 255], ["pgd"],
+                                       evaluation.Settings(pgd_steps=2, pgd_restarts=1))
     assert any("randomized" in m for m in result["warnings"])
 
 
@@ -249,7 +252,7 @@ def test_a_model_that_outputs_probabilities_or_is_random_is_flagged(binary_probl
 # The command line.
 
 def run_cli(*args, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, "-m", "tf_fastbat.evaluate", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -364,14 +367,15 @@ def test_workdir_run_with_every_attack_writes_report_table_and_plots(models_dir,
 
 
 def test_a_saved_model_is_evaluated_like_the_keras_model_it_came_from(models_dir, cifar_slice):
-    from tf_fastbat.serving_model import load_logits_fn
+    from tf_fastbat.serving.loading import load_logits_fn
 
     root, cnn = models_dir
     x = (cifar_slice["x_test"][:64] / 255.0).astype(np.float32)
     y = cifar_slice["y_test"][:64].reshape(-1)
-    settings = evaluate.Settings(pgd_steps=5, pgd_restarts=1)
-    from_keras = evaluate.evaluate_model(lambda t: cnn(t, training=False), x, y, [2], ["pgd"], settings)
-    from_saved = evaluate.evaluate_model(load_logits_fn(str(root / "cnn_saved")), x, y, [2], ["pgd"], settings)
+    settings = evaluation.Settings(pgd_steps=5, pgd_restarts=1)
+    from_keras = evaluation.evaluate_model(lambda t: cnn(t, training=False), x, y, [2 / 255], ["pgd"], settings)
+    from_saved = evaluation.evaluate_model(load_logits_fn(str(root / "cnn_saved")), x, y, [2 / 255], ["pgd"],
+                                           settings)
     assert from_saved["clean_accuracy"] == from_keras["clean_accuracy"]
     assert abs(from_saved["robust_accuracy"]["pgd-5-1"]["2/255"] -
                from_keras["robust_accuracy"]["pgd-5-1"]["2/255"]) <= 1 / 64
@@ -393,6 +397,6 @@ def test_cli_warns_about_probabilities_and_random_models(models_dir, tmp_path, m
 
 def test_eps_keys_round_trip():
     for value in (0, 2, 8, 16, 2.5):
-        assert report.parse_eps_key(report.eps_key(value)) == value
+        assert report.parse_eps_key(report.eps_key(value / 255)) == value
     with pytest.raises(ValueError):
         report.parse_eps_key("0.03")

@@ -18,11 +18,14 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, SHARED_SLICE
-from tf_fastbat import checkpoints, export, models
+from tf_fastbat import checkpoints, models
 from tf_fastbat.attacks.pgd import PGD
-from tf_fastbat.serving_model import SavedModelError, integer_versions, load_logits_fn, load_metadata
+from tf_fastbat.errors import UsageError
+from tf_fastbat.serving import publish, saved_model
+from tf_fastbat.serving.loading import load_logits_fn, load_metadata
+from tf_fastbat.serving.protocol import integer_versions
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 EPS_255 = 1.0  # the measurement's eps: PGD breaks some but not all correctly classified examples of these models
 N = 64  # test examples measured
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -130,7 +133,7 @@ FRESH_PROCESS = textwrap.dedent("""
     encoded = loaded.signatures["predict_images_bytes"](image_bytes=tf.constant(png))
     phase1_modules = sorted(m for m in sys.modules if m.split(".")[0] in ("tf_fastbat", "export"))
 
-    from tf_fastbat.serving_model import load_logits_fn
+    from tf_fastbat.serving.loading import load_logits_fn
     from tf_fastbat.attacks.pgd import PGD
     from tf_fastbat.attacks.autoattack import run_autoattack
 
@@ -227,7 +230,7 @@ def test_a_version_is_visible_only_complete_and_a_failed_export_leaves_nothing(r
         raise RuntimeError("measurement failed")
 
     with pytest.raises(RuntimeError, match="measurement failed"):
-        export.export_saved_model(run["last"], str(tmp_path), "tiny", {"dataset": "x"}, evaluate)
+        saved_model.export_saved_model(run["last"], str(tmp_path), "tiny", {"dataset": "x"}, evaluate)
     assert seen["versions"] == (3,) and len(seen["hidden"]) == 1
     assert np.abs(seen["logits"] - keras_logits(run["last"], run["x"][:4])).max() <= 1e-4
     assert sorted(os.listdir(model_dir)) == ["3"] and tree_fingerprint(model_dir) == before
@@ -245,7 +248,7 @@ def test_export_after_training_adds_last_then_best_and_touches_no_older_version(
         (model_dir / version / "saved_model.pb").write_bytes(f"version {version}".encode())
         (model_dir / version / "variables" / "variables.index").write_bytes(b"index")
     before = tree_fingerprint(model_dir)
-    exported = export.export_after_training(str(workdir), str(tmp_path / "serving"), "tiny")
+    exported = publish.export_after_training(str(workdir), str(tmp_path / "serving"), "tiny")
     assert exported == {"last": str(model_dir / "8"), "best": str(model_dir / "9")}
     assert sorted(os.listdir(model_dir)) == ["1", "7", "8", "9"], "no temporary directory may be left behind"
     after = tree_fingerprint(model_dir)
@@ -269,12 +272,12 @@ def test_export_after_training_adds_last_then_best_and_touches_no_older_version(
 def test_export_checkpoint_refuses_what_it_cannot_use(tmp_path):
     with zipfile.ZipFile(tmp_path / "fake.keras", "w") as archive:  # a zip archive, but not a Keras model
         archive.writestr("readme.txt", "hello")
-    with pytest.raises(export.ExportError, match="cannot load a Keras model"):
-        export.export_checkpoint(str(tmp_path / "fake.keras"), str(tmp_path / "out"), num_examples=0)
-    with pytest.raises(export.ExportError, match="--num_examples=-1: must be >= 0"):
-        export.export_checkpoint(str(tmp_path / "fake.keras"), str(tmp_path / "out"), num_examples=-1)
-    with pytest.raises(export.ExportError, match="must be a plain directory name"):
-        export.export_saved_model(small_convnet(), str(tmp_path), "12", {})
+    with pytest.raises(UsageError, match="cannot load a Keras model"):
+        publish.export_checkpoint(str(tmp_path / "fake.keras"), str(tmp_path / "out"), num_examples=0)
+    with pytest.raises(UsageError, match="--num_examples=-1: must be >= 0"):
+        publish.export_checkpoint(str(tmp_path / "fake.keras"), str(tmp_path / "out"), num_examples=-1)
+    with pytest.raises(UsageError, match="must be a plain directory name"):
+        saved_model.export_saved_model(small_convnet(), str(tmp_path), "12", {})
     assert not (tmp_path / "out").exists()
 
 
@@ -319,21 +322,21 @@ def test_load_logits_fn_errors_name_the_problem(tmp_path, cli_export):
     with pytest.raises(FileNotFoundError, match="no SavedModel directory at"):
         load_logits_fn(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SavedModelError, match="not a SavedModel"):
+    with pytest.raises(UsageError, match="not a SavedModel"):
         load_logits_fn(str(tmp_path / "empty"))
     (tmp_path / "corrupt" / "4").mkdir(parents=True)
     (tmp_path / "corrupt" / "4" / "saved_model.pb").write_bytes(b"\x0a\xff garbage")
-    with pytest.raises(SavedModelError, match=r"corrupt/4: TensorFlow cannot load this SavedModel \("):
+    with pytest.raises(UsageError, match=r"corrupt/4: TensorFlow cannot load this SavedModel \("):
         load_logits_fn(str(tmp_path / "corrupt"))
-    with pytest.raises(SavedModelError, match=r"no signature 'nope' \(it has: predict_images_bytes, serving_default\)"):
+    with pytest.raises(UsageError, match=r"no signature 'nope' \(it has: predict_images_bytes, serving_default\)"):
         load_logits_fn(str(cli_export["version_dir"]), signature_name="nope")
-    with pytest.raises(SavedModelError, match="input 'image_bytes' is string"):
+    with pytest.raises(UsageError, match="input 'image_bytes' is string"):
         load_logits_fn(str(cli_export["version_dir"]), signature_name="predict_images_bytes")
     module = tf.Module()
     module.f = tf.function(lambda images: {"scores": tf.reduce_sum(images, [1, 2])},
                            input_signature=[tf.TensorSpec([None, 4, 4, 3], tf.float32, name="images")])
     tf.saved_model.save(module, str(tmp_path / "foreign"), signatures={"serving_default": module.f})
-    with pytest.raises(SavedModelError, match=r"has no 'logits' output \(it has: scores\)"):
+    with pytest.raises(UsageError, match=r"has no 'logits' output \(it has: scores\)"):
         load_logits_fn(str(tmp_path / "foreign"))
 
 

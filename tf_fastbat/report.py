@@ -1,27 +1,34 @@
-"""The report JSON and its short Markdown table."""
+"""The report's keys, written once (eps "8/255", attack names), and its short Markdown table. No TensorFlow."""
 
 from __future__ import annotations
 
-import time
-from typing import Dict, Sequence
+from typing import Dict, Optional
 
-import keras
-import numpy as np
-
-from tf_fastbat.attacks.pgd import PGD
+from tf_fastbat.flagtypes import in_units
 
 
-def eps_key(eps_255: float) -> str:
-    """The report's eps key: "8/255"."""
-    return f"{eps_255:g}/255"
+def eps_key(eps: float) -> str:
+    """The report's key of an eps (a fraction of 1): "8/255"."""
+    return f"{in_units(eps):g}/255"
 
 
 def pgd_name(steps: int, restarts: int) -> str:
+    """PGD-K-R's key: "pgd-50-10"."""
     return f"pgd-{steps}-{restarts}"
 
 
+def cleverhans_name(steps: int, restarts: int = 1) -> str:
+    """cleverhans' PGD: "cleverhans-pgd-50" (one restart) or "cleverhans-pgd-50-5"."""
+    return f"cleverhans-pgd-{steps}" if restarts == 1 else f"cleverhans-pgd-{steps}-{restarts}"
+
+
+def transfer_name(surrogate_label: Optional[str]) -> str:
+    """Transfer from a surrogate: "transfer-<surrogate name>"."""
+    return f"transfer-{surrogate_label}"
+
+
 def parse_eps_key(key: str) -> float:
-    """The inverse of eps_key: "8/255" -> 8.0 (1/255 units)."""
+    """An eps key in 1/255 units, for plot axes: "8/255" -> 8.0."""
     numerator, _, denominator = key.partition("/")
     if denominator != "255":
         raise ValueError(f"not an eps key of the form 'N/255': {key!r}")
@@ -29,21 +36,6 @@ def parse_eps_key(key: str) -> float:
 
 
 AUTOATTACK_NAME = "autoattack"
-
-
-def evaluate_classifier(classifier: keras.Model, x: np.ndarray, y: np.ndarray, eps_list_255: Sequence[float],
-                        steps: int, restarts: int, seed: int, batch_size: int = 256) -> Dict:
-    """Clean accuracy and PGD robust accuracy at each eps, in the report's format."""
-    pgd = PGD(lambda images: classifier(images, training=False), batch_size)
-    start = time.perf_counter()
-    clean = float(np.mean(pgd.predict(x) == y)) if len(x) else 0.0
-    robust = {eps_key(e): float(np.mean(pgd.robust_mask(x, y, e / 255.0, steps, restarts, seed=seed)))
-              for e in eps_list_255}
-    return {"clean_accuracy": clean, "robust_accuracy": {pgd_name(steps, restarts): robust},
-            "num_examples": int(len(x)), "seed": seed,
-            "attack_settings": {pgd_name(steps, restarts): {"steps": steps, "restarts": restarts,
-                                                              "step_size": "eps/4", "random_start": True}},
-            "seconds": time.perf_counter() - start}
 
 
 def markdown_table(rows: Dict[str, Dict]) -> str:

@@ -1,7 +1,7 @@
-"""Evaluation attacks against any callable from [0, 1] NHWC images to logits."""
+"""Evaluation attacks against any callable from [0, 1] NHWC images to logits, behind one interface
+(`attacks.base.Attack`); `build(name, settings)` makes an --attacks entry. Importing this package loads no attack
+module: cleverhans and AutoAttack load when their attack is built."""
 
-from tf_fastbat.attacks.cleverhans_pgd import CleverhansPGD, cleverhans_name
-from tf_fastbat.attacks.pgd import PGD, pgd_robust_mask
-from tf_fastbat.attacks.transfer import transfer_name, transfer_robust_mask
+from tf_fastbat.attacks.base import Attack, Outcome, build, names, register
 
-__all__ = ["PGD", "pgd_robust_mask", "CleverhansPGD", "cleverhans_name", "transfer_robust_mask", "transfer_name"]
+__all__ = ["Attack", "Outcome", "build", "names", "register"]

@@ -15,14 +15,11 @@ import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
+from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
 from tf_fastbat.attacks.pgd import PGD
+from tf_fastbat.report import cleverhans_name
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
-
-
-def cleverhans_name(steps: int, restarts: int = 1) -> str:
-    """The report's key: "cleverhans-pgd-50" (one restart) or "cleverhans-pgd-50-5"."""
-    return f"cleverhans-pgd-{steps}" if restarts == 1 else f"cleverhans-pgd-{steps}-{restarts}"
 
 
 class CleverhansPGD(PGD):
@@ -70,4 +67,24 @@ class CleverhansPGD(PGD):
         return super().robust_mask(x, y, eps, steps, restarts, eps_iter, seed, progress)
 
 
-__all__ = ["CleverhansPGD", "cleverhans_name"]
+class CleverhansAttack(Attack):
+    """cleverhans' PGD behind the Attack interface: nb_iter `steps`, eps_iter eps/4, `restarts` runs."""
+
+    def __init__(self, steps: int = 50, restarts: int = 1, seed: int = 0, batch_size: int = 256):
+        self.steps, self.restarts, self.seed = steps, restarts, seed
+        self.name = cleverhans_name(steps, restarts)
+        self._engine = EngineCache(lambda logits_fn: CleverhansPGD(logits_fn, batch_size))
+
+    @classmethod
+    def from_settings(cls, settings, **_) -> "CleverhansAttack":
+        return cls(settings.cleverhans_steps, settings.cleverhans_restarts, settings.seed, settings.batch_size)
+
+    def settings(self) -> Dict:
+        return {"implementation": "cleverhans.tf2.attacks.projected_gradient_descent", "nb_iter": self.steps,
+                "restarts": self.restarts, "eps_iter": "eps/4", "rand_init": True, "norm": "inf", "clip_min": 0.0,
+                "clip_max": 1.0, "sanity_checks": False}
+
+    def attack(self, logits_fn, x, y, eps, progress=None) -> Outcome:
+        callback = restart_progress(progress, self.name, len(x), self.restarts)
+        return Outcome(self._engine(logits_fn).robust_mask(x, y, eps, self.steps, self.restarts, seed=self.seed,
+                                                            progress=callback))

@@ -5,12 +5,14 @@ Per-example worst case over restarts; an example already broken is not attacked 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
 from tf_fastbat.methods.common import ce_sum, project
+from tf_fastbat.report import pgd_name
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 
@@ -83,7 +85,25 @@ class PGD:
         return robust
 
 
-def pgd_robust_mask(logits_fn: LogitsFn, x, y, eps: float, steps: int = 50, restarts: int = 10,
-                    step_size: Optional[float] = None, seed: int = 0, batch_size: int = 256) -> np.ndarray:
-    """Convenience wrapper: PGD(logits_fn).robust_mask(...)."""
-    return PGD(logits_fn, batch_size).robust_mask(x, y, eps, steps, restarts, step_size, seed)
+class PGDAttack(Attack):
+    """PGD-K-R behind the Attack interface: K steps of `step_size` (eps/4 by default), R restarts."""
+
+    def __init__(self, steps: int = 50, restarts: int = 10, step_size: Optional[float] = None, seed: int = 0,
+                 batch_size: int = 256):
+        self.steps, self.restarts, self.step_size, self.seed = steps, restarts, step_size, seed
+        self.name = pgd_name(steps, restarts)
+        self._engine = EngineCache(lambda logits_fn: PGD(logits_fn, batch_size))
+
+    @classmethod
+    def from_settings(cls, settings, **_) -> "PGDAttack":
+        return cls(settings.pgd_steps, settings.pgd_restarts, seed=settings.seed, batch_size=settings.batch_size)
+
+    def settings(self) -> Dict:
+        return {"implementation": "tf_fastbat.attacks.pgd.PGD", "steps": self.steps, "restarts": self.restarts,
+                "step_size": "eps/4" if self.step_size is None else self.step_size, "random_start": True,
+                "loss": "cross-entropy", "worst_case_over_restarts": True}
+
+    def attack(self, logits_fn, x, y, eps, progress=None) -> Outcome:
+        callback = restart_progress(progress, self.name, len(x), self.restarts)
+        return Outcome(self._engine(logits_fn).robust_mask(x, y, eps, self.steps, self.restarts, self.step_size,
+                                                            self.seed, callback))

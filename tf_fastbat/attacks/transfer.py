@@ -6,20 +6,18 @@ image (one per restart) correctly, so that transfer RA <= SA like every other ro
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
 from tf_fastbat.attacks.pgd import PGD
+from tf_fastbat.errors import UsageError
+from tf_fastbat.report import transfer_name
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 DEFAULT_STEPS = 20
-
-
-def transfer_name(surrogate_label: str) -> str:
-    """The report's key: "transfer-<surrogate name>"."""
-    return f"transfer-{surrogate_label}"
 
 
 class TransferPGD(PGD):
@@ -33,17 +31,29 @@ class TransferPGD(PGD):
         return self.surrogate.perturb(x, y, eps, steps, step_size, seed)
 
 
-def transfer_robust_mask(surrogate_fn: LogitsFn, victim_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float,
-                         steps: int = DEFAULT_STEPS, restarts: int = 1, step_size: Optional[float] = None,
-                         seed: int = 0, batch_size: int = 256,
-                         progress: Optional[Callable[[int, int, int], None]] = None) -> np.ndarray:
-    """Boolean per example: the victim is right on x and on the surrogate's PGD-`steps` examples of each restart.
+class TransferAttack(Attack):
+    """Transfer from a surrogate behind the Attack interface: the surrogate's PGD-`steps` examples, scored on the
+    attacked model (the victim)."""
 
-    The surrogate attacks its own loss with the true labels (random start, step eps/4 unless given).
-    `progress(restart, done, attacked)` follows each batch: `done` of the `attacked` examples of this restart.
-    """
-    return TransferPGD(surrogate_fn, victim_fn, batch_size).robust_mask(x, y, eps, steps, restarts, step_size, seed,
-                                                                        progress)
+    def __init__(self, surrogate_fn: LogitsFn, surrogate_label: str, steps: int = DEFAULT_STEPS, restarts: int = 1,
+                 seed: int = 0, batch_size: int = 256, surrogate: Optional[str] = None):
+        self.surrogate_fn, self.steps, self.restarts, self.seed = surrogate_fn, steps, restarts, seed
+        self.surrogate, self.name = surrogate, transfer_name(surrogate_label)
+        self._engine = EngineCache(lambda victim_fn: TransferPGD(surrogate_fn, victim_fn, batch_size))
 
+    @classmethod
+    def from_settings(cls, settings, surrogate_fn=None, surrogate_label=None, **_) -> "TransferAttack":
+        if surrogate_fn is None:
+            raise UsageError("--attacks=transfer needs --surrogate=PATH (a workdir, .keras file or SavedModel)")
+        return cls(surrogate_fn, surrogate_label, settings.transfer_steps, settings.transfer_restarts, settings.seed,
+                   settings.batch_size, surrogate=getattr(settings, "surrogate", None))
 
-__all__ = ["transfer_robust_mask", "transfer_name", "DEFAULT_STEPS"]
+    def settings(self) -> Dict:
+        return {"implementation": "tf_fastbat.attacks.transfer.TransferPGD", "surrogate": self.surrogate,
+                "steps": self.steps, "restarts": self.restarts, "step_size": "eps/4", "random_start": True,
+                "robust": "victim right on the clean and the transferred images"}
+
+    def attack(self, logits_fn, x, y, eps, progress=None) -> Outcome:
+        callback = restart_progress(progress, self.name, len(x), self.restarts)
+        return Outcome(self._engine(logits_fn).robust_mask(x, y, eps, self.steps, self.restarts, seed=self.seed,
+                                                            progress=callback))

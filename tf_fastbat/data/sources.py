@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from tf_fastbat.errors import UsageError
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # Per-channel (mean, std) on [0, 1] pixels, as in the official data loaders.
@@ -26,8 +28,7 @@ TFDS_STREAMED = ("imagenet2012",)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG")
 
 
-class DataError(ValueError):
-    """A dataset that cannot be used; the message names the flag or file."""
+DataError = UsageError  # a dataset that cannot be used; the message names the flag or file
 
 
 @dataclasses.dataclass

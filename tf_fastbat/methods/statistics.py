@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Dict, Iterator, Sequence
 
-from tf_fastbat.models.batch_norm import moving_average_momentum
+from tf_fastbat.running_averages import moving_average_momentum
 
 
 def statistics_weights(official: Sequence[str], momentum: float) -> Dict[str, float]:

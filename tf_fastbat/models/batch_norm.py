@@ -1,36 +1,12 @@
-"""torch.nn.BatchNorm2d's moving averages in Keras, and a scope that reweights them per forward pass."""
+"""torch.nn.BatchNorm2d's moving averages in Keras, reweighted per forward pass by tf_fastbat.running_averages."""
 
 from __future__ import annotations
-
-import contextlib
-import threading
-from typing import Callable, Iterator, Optional
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-_SCOPE = threading.local()  # per thread: MirroredStrategy runs each replica's step in its own thread
-
-
-@contextlib.contextmanager
-def moving_average_momentum(momentum_of: Callable[[float], float]) -> Iterator[None]:
-    """Inside, each BatchNorm of this module updates its moving averages with momentum_of(its momentum).
-
-    How a method maps its training-mode forwards onto the official loop's (tf_fastbat.methods.statistics); a
-    thread-local scope because layers cannot take per-call arguments through a functional model.
-    """
-    previous = getattr(_SCOPE, "momentum_of", None)
-    _SCOPE.momentum_of = momentum_of
-    try:
-        yield
-    finally:
-        _SCOPE.momentum_of = previous
-
-
-def _effective_momentum(momentum: float) -> float:
-    momentum_of: Optional[Callable[[float], float]] = getattr(_SCOPE, "momentum_of", None)
-    return momentum if momentum_of is None else momentum_of(momentum)
+from tf_fastbat.running_averages import effective_momentum
 
 
 def _reduced_count(inputs: tf.Tensor, axes, synchronized: bool) -> tf.Tensor:
@@ -55,7 +31,7 @@ class BatchNorm(keras.layers.BatchNormalization):
         mean, variance = self._moments(inputs, None)
         count = _reduced_count(inputs, self._reduction_axes, self.synchronized)
         unbiased = variance * (count / tf.maximum(count - 1.0, 1.0))
-        momentum = _effective_momentum(self.momentum)
+        momentum = effective_momentum(self.momentum)
         self.moving_mean.assign(self.moving_mean * momentum + ops.cast(mean, self.moving_mean.dtype) * (1.0 - momentum))
         self.moving_variance.assign(self.moving_variance * momentum
                                     + ops.cast(unbiased, self.moving_variance.dtype) * (1.0 - momentum))

@@ -9,33 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import tensorflow as tf
 
-IMAGES_SIGNATURE = "serving_default"
-BYTES_SIGNATURE = "predict_images_bytes"
-IMAGES_INPUT = "images"
-BYTES_INPUT = "image_bytes"
-OUTPUTS = ("logits", "probabilities", "classes")
-METADATA_FILE = "metadata.json"
-_GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
-
-
-class SavedModelError(ValueError):
-    """A directory that is not a usable exported classifier; the message says what is missing."""
-
-
-def _is_saved_model(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, name)) for name in _GRAPH_FILES)
-
-
-def integer_versions(model_dir: str) -> Tuple[int, ...]:
-    """The version numbers TF Serving would see under `model_dir` (sub-directories named by an integer), sorted."""
-    if not os.path.isdir(model_dir):
-        return ()
-    return tuple(sorted(int(entry) for entry in os.listdir(model_dir)
-                        if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry))))
+from tf_fastbat.artifacts import newest_saved_model
+from tf_fastbat.errors import UsageError, one_line
+from tf_fastbat.serving.protocol import IMAGES_SIGNATURE, METADATA_FILE
 
 
 def resolve_saved_model_dir(path: str) -> str:
@@ -43,14 +23,12 @@ def resolve_saved_model_dir(path: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no SavedModel directory at {path}")
     if not os.path.isdir(path):
-        raise SavedModelError(f"{path} is a file, not a SavedModel directory")
-    if _is_saved_model(path):
-        return path
-    complete = [v for v in integer_versions(path) if _is_saved_model(os.path.join(path, str(v)))]
-    if complete:
-        return os.path.join(path, str(complete[-1]))
-    raise SavedModelError(f"{path} is not a SavedModel (no saved_model.pb) nor a TF Serving model directory "
-                          "with integer version sub-directories")
+        raise UsageError(f"{path} is a file, not a SavedModel directory")
+    saved = newest_saved_model(path)
+    if saved is None:
+        raise UsageError(f"{path} is not a SavedModel (no saved_model.pb) nor a TF Serving model directory "
+                         "with integer version sub-directories")
+    return saved
 
 
 def load_metadata(saved_model_dir: str) -> Optional[Dict]:
@@ -88,15 +66,15 @@ class ServingLogits:
 
 
 def _image_input(signature, signature_name: str, path: str) -> str:
-    """The name of the signature's single float32 NHWC input, or a SavedModelError saying why it is unusable."""
+    """The name of the signature's single float32 NHWC input, or a UsageError saying why it is unusable."""
     _, inputs = signature.structured_input_signature
     if len(inputs) != 1:
-        raise SavedModelError(f"{path}: signature {signature_name!r} takes {len(inputs)} inputs "
-                              f"({', '.join(sorted(inputs)) or 'none'}); a classifier signature takes one image batch")
+        raise UsageError(f"{path}: signature {signature_name!r} takes {len(inputs)} inputs "
+                         f"({', '.join(sorted(inputs)) or 'none'}); a classifier signature takes one image batch")
     (name, spec), = inputs.items()
     if spec.dtype != tf.float32 or spec.shape.rank != 4:
-        raise SavedModelError(f"{path}: signature {signature_name!r} input {name!r} is {spec.dtype.name} of shape "
-                              f"{spec.shape}; expected float32 images of shape [batch, height, width, channels]")
+        raise UsageError(f"{path}: signature {signature_name!r} input {name!r} is {spec.dtype.name} of shape "
+                         f"{spec.shape}; expected float32 images of shape [batch, height, width, channels]")
     return name
 
 
@@ -107,25 +85,20 @@ def load_logits_fn(saved_model_dir: str, signature_name: str = IMAGES_SIGNATURE,
     try:
         loaded = tf.saved_model.load(path)
     except Exception as error:  # a corrupt file raises DecodeError, OSError, OpError, ValueError...
-        raise SavedModelError(f"{path}: TensorFlow cannot load this SavedModel "
-                              f"({type(error).__name__}: {str(error).splitlines()[0]})") from error
+        raise UsageError(f"{path}: TensorFlow cannot load this SavedModel "
+                         f"({type(error).__name__}: {one_line(error)})") from error
     signatures = dict(getattr(loaded, "signatures", {}) or {})
     if signature_name not in signatures:
-        raise SavedModelError(f"{path}: no signature {signature_name!r} (it has: "
-                              f"{', '.join(sorted(signatures)) or 'no signatures at all'})")
+        raise UsageError(f"{path}: no signature {signature_name!r} (it has: "
+                         f"{', '.join(sorted(signatures)) or 'no signatures at all'})")
     signature = signatures[signature_name]
     input_name = _image_input(signature, signature_name, path)
     outputs = signature.structured_outputs
     if not isinstance(outputs, dict) or output_name not in outputs:
         found = ", ".join(sorted(outputs)) if isinstance(outputs, dict) else type(outputs).__name__
-        raise SavedModelError(f"{path}: signature {signature_name!r} has no {output_name!r} output (it has: {found})")
+        raise UsageError(f"{path}: signature {signature_name!r} has no {output_name!r} output (it has: {found})")
     if outputs[output_name].dtype != tf.float32 or outputs[output_name].shape.rank != 2:
-        raise SavedModelError(f"{path}: output {output_name!r} of {signature_name!r} is "
-                              f"{outputs[output_name].dtype.name} {outputs[output_name].shape}; expected float32 "
-                              "[batch, classes] logits")
+        raise UsageError(f"{path}: output {output_name!r} of {signature_name!r} is "
+                         f"{outputs[output_name].dtype.name} {outputs[output_name].shape}; expected float32 "
+                         "[batch, classes] logits")
     return ServingLogits(loaded, signature, input_name, output_name, path)
-
-
-__all__ = ["load_logits_fn", "load_metadata", "resolve_saved_model_dir", "integer_versions", "ServingLogits",
-           "SavedModelError", "IMAGES_SIGNATURE", "BYTES_SIGNATURE", "IMAGES_INPUT", "BYTES_INPUT", "OUTPUTS",
-           "METADATA_FILE"]

@@ -1,0 +1,93 @@
+"""What a model path names, resolved without loading anything: a training workdir (its best, else last,
+checkpoint), a .keras file, a SavedModel directory, or a TF Serving model directory (its newest version).
+Every tool resolves --model, --checkpoint and --surrogate here."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from typing import Optional
+
+from tf_fastbat.errors import UsageError
+from tf_fastbat.serving.protocol import integer_versions
+
+CHECKPOINTS = ("best", "last")  # a workdir's checkpoints/<name>.keras, in the order a workdir is resolved
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A resolved model path."""
+
+    path: str  # as given
+    kind: str  # "keras" or "savedmodel"
+    file: str  # the .keras file or the SavedModel directory to load
+    workdir: Optional[str]  # the training workdir it comes from, if any (it has config.json)
+    checkpoint: str  # "best", "last", "file" (a .keras file from elsewhere) or "savedmodel"
+    label: str  # a short name for tables and plot legends
+
+
+def checkpoint_path(workdir: str, name: str) -> str:
+    """<workdir>/checkpoints/<name>.keras."""
+    return os.path.join(workdir, "checkpoints", f"{name}.keras")
+
+
+def is_saved_model(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in SAVED_MODEL_FILES)
+
+
+def newest_saved_model(path: str) -> Optional[str]:
+    """`path` if it is a SavedModel, else its highest complete integer version, else None."""
+    if is_saved_model(path):
+        return path
+    complete = [v for v in integer_versions(path) if is_saved_model(os.path.join(path, str(v)))]
+    return os.path.join(path, str(complete[-1])) if complete else None
+
+
+def label(path: str) -> str:
+    """A short name: a workdir's or SavedModel's folder name, a .keras file's stem (workdir-best for checkpoints)."""
+    path = os.path.normpath(path)
+    base = os.path.basename(path)
+    if base.endswith(".keras"):
+        stem = base[:-len(".keras")]
+        if os.path.basename(os.path.dirname(path)) == "checkpoints":
+            return f"{os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))}-{stem}"
+        return stem
+    if base.isdigit():  # a TF Serving version directory: <name>/<version>
+        return f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}-v{base}"
+    return os.path.basename(os.path.abspath(path))
+
+
+def _workdir_of(keras_file: str) -> Optional[str]:
+    folder = os.path.dirname(os.path.abspath(keras_file))
+    workdir = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else None
+    return workdir if workdir and os.path.isfile(os.path.join(workdir, "config.json")) else None
+
+
+def resolve(path: Optional[str], flag: str = "model", saved_models: bool = True) -> Artifact:
+    """The artifact --`flag`=`path` names; a one-line UsageError naming the flag if it names none."""
+    forms = "a training workdir, a .keras file or a SavedModel directory" if saved_models else \
+        "a training workdir or a .keras file"
+    if not path:
+        raise UsageError(f"--{flag} is required ({forms})")
+    if not os.path.exists(path):
+        raise UsageError(f"--{flag}={path}: no such file or directory")
+    if os.path.isdir(path):
+        if os.path.isdir(os.path.join(path, "checkpoints")) or not saved_models:
+            for name in CHECKPOINTS:
+                if os.path.isfile(checkpoint_path(path, name)):
+                    return Artifact(path, "keras", checkpoint_path(path, name), path, name, label(path))
+            raise UsageError(f"--{flag}={path}: no checkpoints/best.keras or checkpoints/last.keras in this workdir")
+        saved = newest_saved_model(path)
+        if saved:
+            return Artifact(path, "savedmodel", saved, None, "savedmodel", label(path))
+        raise UsageError(f"--{flag}={path}: a directory that is neither a training workdir (checkpoints/) nor a "
+                         "SavedModel (saved_model.pb or integer version sub-directories)")
+    if not path.endswith(".keras"):
+        raise UsageError(f"--{flag}={path}: expected {forms}")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"--{flag}={path}: not a .keras archive (a .keras file is a zip archive)")
+    workdir = _workdir_of(path)
+    name = os.path.basename(path)[:-len(".keras")]
+    return Artifact(path, "keras", path, workdir, name if workdir and name in CHECKPOINTS else "file", label(path))

@@ -1,0 +1,203 @@
+"""Robustness the way the field reports it, for any model given as a logits function: clean accuracy and the
+robust accuracy of each attack at each eps, with timings, AutoAttack's details, the model checks and the gradient
+alignment. The evaluation tool, training's final report, early stopping and the export-time measurement all
+measure through `robustness`."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from tf_fastbat import report
+from tf_fastbat.artifacts import Artifact
+from tf_fastbat.attacks.base import Attack, LogitsFn, Progress, build
+from tf_fastbat.errors import UsageError, one_line
+from tf_fastbat.flagtypes import in_units
+
+WARNING_EXAMPLES = 100  # examples the model checks (probabilities, randomness, gradients at inference) look at
+
+
+@dataclasses.dataclass
+class Settings:
+    """How the --attacks are built (each attack's factory reads its fields)."""
+
+    pgd_steps: int = 50
+    pgd_restarts: int = 10
+    cleverhans_steps: int = 50
+    cleverhans_restarts: int = 1
+    aa_version: str = "standard"
+    transfer_steps: int = 20
+    transfer_restarts: int = 1
+    seed: int = 0
+    batch_size: int = 256
+    surrogate: Optional[str] = None  # the surrogate's path, for the report
+
+
+def predictions(logits_fn: LogitsFn, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Predicted labels of a numpy batch, in batches."""
+    from tf_fastbat.attacks.autoattack._utils import predict
+
+    return predict(logits_fn, np.asarray(x, np.float32), batch_size)
+
+
+def classifier_logits(classifier) -> LogitsFn:
+    """A Keras classifier as a logits function (inference mode, float32 logits)."""
+    import tensorflow as tf
+
+    return lambda images: tf.cast(classifier(images, training=False), tf.float32)
+
+
+def load_logits_fn(artifact: Artifact, flag: str = "model") -> LogitsFn:
+    """A resolved --model/--surrogate as a logits function: a .keras classifier or a SavedModel's serving_default."""
+    if artifact.kind == "savedmodel":
+        from tf_fastbat.serving.loading import load_logits_fn as load_serving
+
+        try:
+            return load_serving(artifact.file)
+        except (UsageError, FileNotFoundError) as error:
+            raise UsageError(f"--{flag}={artifact.path}: {error}") from error
+    from tf_fastbat import models
+
+    try:
+        return classifier_logits(models.load(artifact.file))
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(f"--{flag}={artifact.path}: {one_line(error)}") from error
+
+
+def check_model_fits(logits_fn: LogitsFn, x, num_labels: int, flag: str = "model") -> int:
+    """Number of classes, after checking that the model takes these images and returns [batch, classes] outputs."""
+    import tensorflow as tf
+
+    try:
+        output = logits_fn(tf.constant(x[:2]))
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
+        raise UsageError(f"--{flag}: the model does not take the dataset's images of shape "
+                         f"{tuple(x.shape[1:])} ({type(error).__name__}: {one_line(error)})") from error
+    if output.shape.rank != 2:
+        raise UsageError(f"--{flag}: the model outputs shape {tuple(output.shape)}; expected [batch, classes]")
+    if output.shape[-1] < num_labels:
+        raise UsageError(f"--{flag}: the model has {output.shape[-1]} outputs but the test labels go up to "
+                         f"{num_labels - 1}")
+    return int(output.shape[-1])
+
+
+def model_warnings(logits_fn: LogitsFn, x, y, batch_size: int = 256) -> List[str]:
+    """AutoAttack's checks on a few examples: probabilities instead of logits, randomness, gradients at inference."""
+    from tf_fastbat.attacks.autoattack import checks
+
+    x, y = x[:WARNING_EXAMPLES], y[:WARNING_EXAMPLES]
+    found = [checks.check_range_output(logits_fn, x, batch_size)[1],
+             checks.check_randomized(logits_fn, x, y, batch_size),
+             checks.check_dynamic(logits_fn, x[:8])]  # runs eagerly under a Python tracer: a few examples
+    return [m for m in found if m]
+
+
+class ProgressBars:
+    """progress(stage, done, total) as one Keras progress bar per stage, under a title line."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.bars: Dict[str, object] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import keras
+
+        if stage not in self.bars:
+            print(f"{self.title}: {stage}", flush=True)
+            self.bars[stage] = keras.utils.Progbar(total, unit_name="example" if total > 1 else "step",
+                                                   verbose=1 if sys.stdout.isatty() else 2)
+        self.bars[stage].update(done, finalize=done >= total)
+
+
+def robustness(logits_fn: LogitsFn, x, y, eps_list: Sequence[float], attacks: Sequence[Attack],
+               batch_size: int = 256, progress: Optional[Callable[[str], Progress]] = None,
+               log: Optional[Callable[[str], None]] = None) -> Dict:
+    """Clean accuracy and every attack's robust accuracy at every eps (fractions of 1), in the report's format.
+
+    `progress(title)` gives each (attack, eps) run its progress callback; `log` gets one line per finished run.
+    """
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    n, begin = len(x), time.perf_counter()
+    clean = float(np.mean(predictions(logits_fn, x, batch_size) == y)) if n else 0.0
+    robust: Dict[str, Dict[str, float]] = {a.name: {} for a in attacks}
+    seconds: Dict[str, Dict[str, float]] = {a.name: {} for a in attacks}
+    details: Dict[str, Dict[str, Dict]] = {}
+    for attack in attacks:
+        for eps in eps_list:
+            key, start = report.eps_key(eps), time.perf_counter()
+            title = f"{attack.name} at eps {key} on {n} examples"
+            outcome = attack.attack(logits_fn, x, y, eps, progress(title) if progress else None)
+            robust[attack.name][key] = float(np.mean(outcome.robust)) if n else 0.0
+            seconds[attack.name][key] = time.perf_counter() - start
+            if outcome.details:
+                details.setdefault(attack.name, {})[key] = outcome.details
+            if log is not None:
+                log(f"{attack.name} at eps {key}: robust accuracy {100 * robust[attack.name][key]:.2f}% "
+                    f"({seconds[attack.name][key]:.1f} s)")
+    result = {"clean_accuracy": clean, "robust_accuracy": robust, "num_examples": n,
+              "attack_settings": {a.name: a.settings() for a in attacks},
+              "attack_seconds": {name: {"total": sum(by_eps.values()), **by_eps} for name, by_eps in seconds.items()},
+              "seconds": time.perf_counter() - begin}
+    if details:
+        result["details"] = details
+    return result
+
+
+def build_attacks(attacks: Sequence[Union[str, Attack]], settings: Settings,
+                  surrogate_fn: Optional[LogitsFn] = None) -> List[Attack]:
+    """Attack objects for --attacks names (built from `settings`); Attack objects pass through."""
+    from tf_fastbat.artifacts import label
+
+    surrogate_label = label(settings.surrogate) if settings.surrogate else None
+    return [build(a, settings, surrogate_fn, surrogate_label) if isinstance(a, str) else a for a in attacks]
+
+
+def pgd_report(logits_fn, x, y, eps_list: Sequence[float], steps: int, restarts: int, seed: int,
+               batch_size: int = 256) -> Dict:
+    """Clean accuracy and PGD-`steps`-`restarts` robust accuracy at each eps: training's final report and the
+    export-time measurement, so that the two can be compared number for number."""
+    from tf_fastbat.attacks.pgd import PGDAttack
+
+    result = robustness(logits_fn, x, y, eps_list, [PGDAttack(steps, restarts, seed=seed, batch_size=batch_size)],
+                        batch_size)
+    return {**result, "seed": seed}
+
+
+def evaluate_model(logits_fn: LogitsFn, x, y, eps_list: Sequence[float], attacks: Sequence[Union[str, Attack]],
+                   settings: Optional[Settings] = None, surrogate_fn: Optional[LogitsFn] = None,
+                   alignment: bool = True, verbose: bool = False) -> Dict:
+    """`robustness` plus the model checks' warnings, AutoAttack's details and the gradient alignment at each eps
+    (fractions of 1); `attacks` are Attack objects or --attacks names built from `settings`."""
+    from tf_fastbat import metrics
+
+    settings = settings or Settings()
+    attacks = build_attacks(attacks, settings, surrogate_fn)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    begin = time.perf_counter()
+    warnings = model_warnings(logits_fn, x, y, settings.batch_size) if len(x) else []
+    for message in warnings:
+        sys.stderr.write(f"tf_fastbat.evaluate: warning: {message}\n")
+    result = robustness(logits_fn, x, y, eps_list, attacks, settings.batch_size,
+                        progress=ProgressBars if verbose else None, log=_print if verbose else None)
+    aa_details = result.pop("details", {}).get(report.AUTOATTACK_NAME, {})
+    for by_eps in aa_details.values():
+        warnings += [w for w in by_eps["warnings"] if w not in warnings]
+    result.update(seed=settings.seed, eps_255=[in_units(e) for e in eps_list], warnings=warnings)
+    if aa_details:
+        result["autoattack_details"] = aa_details
+    if alignment and len(x):
+        measure = metrics.GradientAlignment(logits_fn)
+        result["gradient_alignment"] = {report.eps_key(e): measure(x, y, e, settings.seed, settings.batch_size)
+                                        for e in eps_list}
+    result["seconds"] = time.perf_counter() - begin
+    return result
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)

@@ -1,0 +1,108 @@
+"""eps and attack step sizes as flags: typed in 1/255 units like the official code (--eps=8 means 8/255), parsed
+into fractions of the [0, 1] pixel range, which is what the library takes. The unit conversion lives here only."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+from absl import flags
+
+from tf_fastbat.errors import UsageError
+
+UNIT = 255.0
+
+
+def to_fraction(flag: str, value: Optional[float], *, maximum: Optional[float] = None,
+                noun: str = "eps and step sizes are") -> Optional[float]:
+    """A 1/255-unit value as a fraction of 1; negative, above `maximum`, or in (0, 1) (almost surely already a
+    fraction): refused with a message naming the flag."""
+    if value is None:
+        return None
+    if value < 0 or (maximum is not None and value > maximum):
+        limits = ">= 0" if maximum is None else f"in [0, {maximum:g}]"
+        raise UsageError(f"--{flag}={value:g}: must be {limits} (1/255 units)")
+    if 0 < value < 1:
+        raise UsageError(f"--{flag}={value:g}: {noun} in 1/255 units (--{flag}=8 means 8/255); "
+                         f"{value:g} looks like a fraction, did you mean --{flag}={value * UNIT:g}?")
+    return value / UNIT
+
+
+def in_units(fraction: float) -> float:
+    """A fraction of 1 in 1/255 units, as reports and config.json write it (8/255 -> 8.0)."""
+    return round(fraction * UNIT, 6)
+
+
+def fractions(flag: str, values: Sequence[str], noun: str = "eps is") -> List[float]:
+    """A comma list of 1/255-unit values as fractions, duplicates dropped, each checked by `to_fraction`."""
+    try:
+        parsed = [float(v) for v in values]
+    except ValueError as error:
+        raise UsageError(f"--{flag}={','.join(values)}: not a list of numbers (1/255 units, e.g. "
+                         f"--{flag}=4,8)") from error
+    return list(dict.fromkeys(to_fraction(flag, value, maximum=UNIT, noun=noun) for value in parsed))
+
+
+class _EpsParser(flags.ArgumentParser):
+    """One value in 1/255 units -> a fraction."""
+
+    syntactic_help = "a number in 1/255 units"
+
+    def __init__(self, flag: str, maximum: Optional[float], noun: str):
+        self.flag, self.maximum, self.noun = flag, maximum, noun
+
+    def parse(self, argument):
+        if argument is None:
+            return None
+        try:
+            value = float(argument)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--{self.flag}={argument}: not a number (1/255 units)") from error
+        try:
+            return to_fraction(self.flag, value, maximum=self.maximum, noun=self.noun)
+        except UsageError as error:
+            raise ValueError(str(error)) from error
+
+    def flag_type(self) -> str:
+        return "eps"
+
+
+class _EpsListParser(flags.ArgumentParser):
+    """A comma list in 1/255 units -> fractions."""
+
+    syntactic_help = "a comma list of numbers in 1/255 units"
+
+    def __init__(self, flag: str, noun: str):
+        self.flag, self.noun = flag, noun
+
+    def parse(self, argument):
+        if isinstance(argument, list):
+            return argument
+        values = [v.strip() for v in str(argument).split(",") if v.strip()]
+        try:
+            return fractions(self.flag, values, self.noun)
+        except UsageError as error:
+            raise ValueError(str(error)) from error
+
+    def flag_type(self) -> str:
+        return "eps list"
+
+
+class _InUnits(flags.ArgumentSerializer):
+    """Writes a fraction back in 1/255 units (flagfiles, --helpfull)."""
+
+    def serialize(self, value) -> str:
+        if isinstance(value, list):
+            return ",".join(f"{in_units(v):g}" for v in value)
+        return "" if value is None else f"{in_units(value):g}"
+
+
+def DEFINE_eps(name: str, default: Optional[float], help: str, *, maximum: Optional[float] = UNIT,  # noqa: N802
+               noun: str = "eps and step sizes are") -> None:
+    """A flag typed in 1/255 units (`default` too) whose value is a fraction of 1."""
+    flags.DEFINE(_EpsParser(name, maximum, noun), name, None if default is None else str(default), help,
+                 serializer=_InUnits())
+
+
+def DEFINE_eps_list(name: str, default: Sequence[float], help: str, *, noun: str = "eps is") -> None:  # noqa: N802
+    """A comma-list flag typed in 1/255 units whose value is a list of fractions."""
+    flags.DEFINE(_EpsListParser(name, noun), name, ",".join(f"{v:g}" for v in default), help, serializer=_InUnits())
