@@ -26,12 +26,10 @@ import sys
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from tf_fastbat.checkpoints import read_json, write_json_atomic  # no TensorFlow import
+from tf_fastbat.runtime import prefer_onednn
 
-import tf_fastbat  # noqa: E402,F401  (its oneDNN default must precede TensorFlow's import)
-from tf_fastbat.checkpoints import read_json, write_json_atomic  # noqa: E402  (no TensorFlow import)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BASE_FLAGFILE = os.path.join("flags", "reproduce", "base.cfg")
 METHODS = ("fast_at", "fast_at_ga", "pgd", "fast_bat", "n_fgsm")
@@ -131,22 +129,20 @@ class Evaluator:
 
     def _test_set(self, dataset: str) -> Tuple:
         """The dataset's test images in [0, 1] and labels, loaded once per dataset."""
-        import numpy as np
-
-        from tf_fastbat import data
+        from tf_fastbat.data.test_split import test_arrays
 
         if dataset not in self._test_sets:
-            source = data.load(dataset)
-            self._test_sets[dataset] = (source.x_test.astype(np.float32) / 255.0, source.y_test.astype(np.int32))
+            self._test_sets[dataset] = test_arrays(dataset)
         return self._test_sets[dataset]
 
     def _logits_fn(self, config: Dict, checkpoint_path: str):
         from tf_fastbat import models
+        from tf_fastbat.evaluation import classifier_logits
 
         loaded = models.load(checkpoint_path)
         key = (config["model"], config["activation"], config["width_multiplier"], config["dataset"])
         if key not in self._classifiers:
-            self._classifiers[key] = (loaded, lambda images: loaded(images, training=False))
+            self._classifiers[key] = (loaded, classifier_logits(loaded))
         else:
             self._classifiers[key][0].set_weights(loaded.get_weights())
         return self._classifiers[key][1]
@@ -156,18 +152,18 @@ class Evaluator:
         """PGD-50-10 on AutoAttack's images, so that the two are compared on the same examples."""
         import numpy as np
 
-        from tf_fastbat.attacks.pgd import PGD
+        from tf_fastbat.attacks.pgd import PGDAttack
 
         n = entry["autoattack"]["num_examples"]
-        entry["pgd_50_10_on_aa_subset"] = float(np.mean(PGD(logits_fn).robust_mask(x[:n], y[:n], cell.eps / 255.0,
-                                                                                     50, 10, seed=cell.seed)))
+        pgd = PGDAttack(50, 10, seed=cell.seed)
+        entry["pgd_50_10_on_aa_subset"] = float(np.mean(pgd.robust_mask(logits_fn, x[:n], y[:n], cell.eps / 255.0)))
 
     def __call__(self, cell: Cell, output_dir: str, checkpoints: Sequence[str] = CHECKPOINTS) -> None:
         """Fills <workdir>/extra_eval.json for `checkpoints` (atomically, one checkpoint at a time)."""
         import numpy as np
 
-        from tf_fastbat.attacks.autoattack import run_autoattack
-        from tf_fastbat.attacks.pgd import PGD
+        from tf_fastbat.attacks.autoattack.attack import AutoAttack
+        from tf_fastbat.attacks.pgd import PGDAttack
 
         workdir = cell.workdir(output_dir)
         report = read_json(os.path.join(workdir, "report.json"))
@@ -193,16 +189,15 @@ class Evaluator:
             start = time.perf_counter()
             if want_aa:
                 n = self.aa_examples
-                aa = run_autoattack(logits_fn, x[:n], y[:n], cell.eps / 255.0, seed=cell.seed)
-                entry["autoattack"] = {"robust_accuracy": aa.robust_accuracy, "clean_accuracy": aa.clean_accuracy,
+                aa = AutoAttack(seed=cell.seed).attack(logits_fn, x[:n], y[:n], cell.eps / 255.0).details
+                entry["autoattack"] = {"robust_accuracy": aa["robust_accuracy"], "clean_accuracy": aa["clean_accuracy"],
                                        "num_examples": n, "seconds": time.perf_counter() - start}
             if want_aa or want_subset:
                 self._pgd_on_aa_subset(entry, logits_fn, x, y, cell)
             if want_sweep:
-                pgd = PGD(logits_fn)
+                pgd = PGDAttack(20, 1, seed=cell.seed)
                 xs, ys = x[:self.sweep_examples], y[:self.sweep_examples]
-                entry["pgd_20_1_sweep"] = {str(e): float(np.mean(pgd.robust_mask(xs, ys, e / 255.0, 20, 1,
-                                                                                  seed=cell.seed)))
+                entry["pgd_20_1_sweep"] = {str(e): float(np.mean(pgd.robust_mask(logits_fn, xs, ys, e / 255.0)))
                                            for e in SWEEP_EPS}
                 entry["sweep_examples"] = self.sweep_examples
             write_json_atomic(extra, path)
@@ -417,6 +412,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse(argv)
+    prefer_onednn()
     os.chdir(ROOT)
     grid = grid_cells(args.methods, args.eps, args.seeds)
     ablations = ablation_cells(args.ablations)

@@ -41,15 +41,13 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from tf_fastbat.runtime import prefer_onednn
 
-import tf_fastbat  # noqa: E402,F401  (its oneDNN default must precede TensorFlow's import)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METHODS = ("fast_at", "fast_bat", "fast_at_ga", "pgd", "n_fgsm", "standard")
 EPS = 8.0 / 255.0
-SLICE = os.path.join(ROOT, "tf_fastbat", "data", "cifar10_slice.npz")
+SLICE = "bundled:cifar10_slice"
 # Forward-pass equivalents per step (one conv-type op per conv layer = 1): forward 1, input-gradient backward 1,
 # weight-gradient backward 2 (input and filter gradients), double backward 4 (Conv2D and filter gradient of the
 # backward's convs, plus input and filter gradients back through the forward). See the report for the counts.
@@ -72,7 +70,7 @@ def build_trainer(method_name: str, width: float, batch_size: int, mixed_precisi
     from tf_fastbat.trainer import AdversarialTrainer
 
     keras.mixed_precision.set_global_policy(mixed_precision)
-    source = data.load(f"npz:{SLICE}")
+    source = data.load(SLICE)
     classifier = models.build("preact_resnet18", source.num_classes, "relu", width, source.image_shape,
                               source.mean, source.std)
     hparams = {"eps": EPS, **({"steps": 2} if method_name == "pgd" else {})}
@@ -224,7 +222,7 @@ def run_configuration(config: Dict) -> Dict:
 
 def measure(config: Dict) -> Dict:
     """Runs one configuration in a fresh Python process and returns its result."""
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     process = subprocess.run([sys.executable, "-m", "benchmarks.step_time", "--configuration", json.dumps(config)],
                              cwd=ROOT, env=env, capture_output=True, text=True)
@@ -294,6 +292,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse(argv)
+    prefer_onednn()
     if args.configuration:
         print(RESULT_PREFIX + json.dumps(run_configuration(json.loads(args.configuration))), flush=True)
         return

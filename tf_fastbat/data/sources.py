@@ -6,6 +6,7 @@ In-memory sources (npz, 32x32 TFDS sets) are validated before any training work 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import zipfile
 from typing import Optional, Sequence, Tuple
@@ -102,8 +103,8 @@ def load_npz(path: str) -> Source:
                   x_test=arrays["x_test"], y_test=arrays["y_test"].astype(np.int64))
 
 
-def load_tfds(name: str, data_dir: Optional[str], manual_dir: Optional[str]) -> Source:
-    """A tensorflow_datasets set, into memory for the 32x32 ones, as file-free streams otherwise."""
+def load_tfds(name: str, data_dir: Optional[str], manual_dir: Optional[str], image_size: int = 224) -> Source:
+    """A tensorflow_datasets set, into memory for the 32x32 ones, as streams of `image_size` crops otherwise."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as error:
@@ -122,8 +123,8 @@ def load_tfds(name: str, data_dir: Optional[str], manual_dir: Optional[str]) -> 
     class_names = tuple(info.features["label"].names)
     mean, std = NORMALIZATION[name]
     if name in TFDS_STREAMED:
-        return Source(name=name, num_classes=len(class_names), class_names=class_names, image_shape=(224, 224, 3),
-                      mean=mean, std=std)
+        return Source(name=name, num_classes=len(class_names), class_names=class_names,
+                      image_shape=(image_size, image_size, 3), mean=mean, std=std)
     splits = {}
     for split in ("train", "test"):
         x, y = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
@@ -166,10 +167,22 @@ def load_folder(path: str, image_size: int) -> Source:
                   train_files=train_files, train_labels=train_labels, test_files=test_files, test_labels=test_labels)
 
 
+BUNDLED = {"cifar10_slice": "cifar10_slice.npz"}  # bundled:NAME, package data of tf_fastbat.data
+
+
+def bundled_path(name: str) -> str:
+    """The file of a dataset shipped inside the package (installed or not), found with importlib.resources."""
+    if name not in BUNDLED:
+        raise DataError(f"--dataset=bundled:{name}: no such bundled dataset; choose from {', '.join(BUNDLED)}")
+    return str(importlib.resources.files("tf_fastbat.data").joinpath(BUNDLED[name]))
+
+
 def load(spec: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None, image_size: int = 224) -> Source:
-    """Resolve a --dataset value: a TFDS name, npz:PATH or folder:PATH."""
+    """Resolve a --dataset value: a TFDS name, npz:PATH, folder:PATH or bundled:NAME (bundled:cifar10_slice)."""
+    if spec.startswith("bundled:"):
+        return dataclasses.replace(load_npz(bundled_path(spec[len("bundled:"):])), name=spec)
     if spec.startswith("npz:"):
         return load_npz(spec[len("npz:"):])
     if spec.startswith("folder:"):
         return load_folder(spec[len("folder:"):], image_size)
-    return load_tfds(spec, data_dir, manual_dir)
+    return load_tfds(spec, data_dir, manual_dir, image_size)

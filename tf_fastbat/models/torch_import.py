@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from tf_fastbat import models
+from tf_fastbat.errors import UsageError
 
 # zoo: the official model_zoo.py. robustbench: RobustBench's PreActResNet(PreActBlock), its final BN optional
 # (bn_before_fc; Wong2020Fast and Andriushchenko2020Understanding have none). kuangliu: pytorch-cifar's
@@ -33,8 +34,7 @@ TORCH_VARIABLES = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta"
 SHOWN_KEYS = 4
 
 
-class TorchImportError(ValueError):
-    """A checkpoint that cannot become the requested model; the message names the file, the keys or the flag."""
+TorchImportError = UsageError  # a checkpoint that cannot become the requested model; names the file and the keys
 
 
 class Target(NamedTuple):

@@ -38,6 +38,7 @@ class AutoAttack(Attack):
         result = run_autoattack(logits_fn, x, y, eps, version=self.version, batch_size=self.batch_size,
                                 seed=self.seed, progress=progress)
         return Outcome(result.robust_mask, {"robust_accuracy": result.robust_accuracy,
+                                            "clean_accuracy": result.clean_accuracy,
                                             "per_attack_robust_accuracy": result.per_attack_robust_accuracy,
                                             "seconds_per_attack": result.seconds_per_attack,
                                             "warnings": list(result.warnings)})

@@ -1,0 +1,85 @@
+"""The package's shape: small modules, no import cycle (module level or inside functions), and the ARCHITECTURE.md
+example of adding an attack runs as written."""
+
+import ast
+import pathlib
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "tf_fastbat"
+MAX_LINES = 350
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules():
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imported(path: pathlib.Path, known) -> set:
+    """The package modules `path` imports anywhere in its code. Importing a submodule runs its packages too,
+    except the importer's own ancestors, which Python has already started."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name.startswith("tf_fastbat"):
+                parts = name.split(".")
+                found.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+    own = module_name(path).split(".")
+    return found - {".".join(own[:i]) for i in range(1, len(own) + 1)}
+
+
+def test_no_module_is_long():
+    long = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
+    assert not {name: n for name, n in long.items() if n > MAX_LINES}
+
+
+def test_no_import_cycle():
+    known = modules()
+    graph = {name: imported(path, known) for name, path in known.items()}
+    state, cycles = {}, []
+
+    def visit(name, stack):
+        state[name] = "open"
+        for target in sorted(graph.get(name, ())):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, cycles
+
+
+def test_the_architecture_example_adds_an_attack():
+    from tf_fastbat import attacks, evaluation
+
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    code = re.search(r"## Adding an attack.*?```python\n(.*?)```", text, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "ARCHITECTURE.md", "exec"), namespace)
+    assert "noise" in attacks.names()
+    w = np.zeros((12, 2), np.float32)
+    w[:, 0] = 1.0
+    logits_fn = lambda images: tf.reshape(images, [-1, 12]) @ w  # noqa: E731  class 0 always wins
+    x = np.random.default_rng(0).uniform(0, 1, (8, 2, 2, 3)).astype(np.float32)
+    y = np.array([0, 1] * 4)
+    result = evaluation.robustness(logits_fn, x, y, [8 / 255], [attacks.build("noise", evaluation.Settings())])
+    assert result["clean_accuracy"] == 0.5 and result["robust_accuracy"] == {"noise": {"8/255": 0.5}}
