@@ -4,23 +4,34 @@
     python -m export.client --grpc=localhost:8500 --npy=images.npy                # float arrays: serving_default
 
 Requests are validated before anything is sent (rank, channels, dtype, values in [0, 1], bytes that decode)
-and sent in batches. The REST path needs only numpy (and Pillow, if installed, to check that image bytes
-decode); the gRPC path needs grpcio, tensorflow-serving-api and TensorFlow.
+and sent in batches, all to one model version (the served one, looked up first, unless --model_version).
+Refused connections, timeouts, HTTP 429/5xx and gRPC UNAVAILABLE are retried with exponential backoff
+(--retries, --backoff, --timeout), then reported in one line naming the server; a version that disappears
+mid-request is reported, and the request sent again to the version now served. The REST path needs only numpy
+(and Pillow, if installed, to check that image bytes decode); the gRPC path needs grpcio,
+tensorflow-serving-api and TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import json
+import logging
 import os
+import socket
 import sys
+import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from export import retries
+from export.retries import RetryPolicy
 
 DEFAULT_MODEL_NAME = "tf_fastbat"
 IMAGES_SIGNATURE = "serving_default"
@@ -30,6 +41,9 @@ BYTES_INPUT = "image_bytes"
 REQUEST_FORMATS = ("instances", "inputs")
 _MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
 _OUTPUT_DTYPES = {"logits": np.float32, "probabilities": np.float32, "classes": np.int64}
+RETRYABLE_HTTP = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_GRPC = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+LOG = logging.getLogger("export.client")
 
 
 class ClientError(ValueError):
@@ -152,17 +166,51 @@ def read_metadata(path: str) -> Dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Clients.
 
+class NotServed(ServingError):
+    """The server does not serve the model, or the version, a request named (HTTP 404, gRPC NOT_FOUND)."""
+
+
+def _describe_oserror(error: BaseException, timeout: float) -> str:
+    """What a socket-level failure was, in a few words."""
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        return f"no answer within {timeout:g} s (--timeout)"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, ConnectionError):
+        return f"connection lost ({type(reason).__name__}: {reason})"
+    return f"cannot connect ({reason})"
+
+
 class _PredictClient:
-    """Validation and batching shared by the REST and gRPC clients; subclasses send one batch."""
+    """Validation, batching, retries and version pinning shared by the REST and gRPC clients.
+
+    Without an explicit version, the served version is looked up once (the server's metadata) and every batch of
+    a request goes to it, so that one answer never mixes two models. If that version disappears before or during
+    the request (a new export replaced it), the client logs it and sends the whole request again to the version
+    now served; with an explicit version, that is an error naming both versions.
+    """
 
     def __init__(self, model_name: str, version: Optional[int], timeout: float,
-                 image_shape: Optional[Sequence[int]]):
+                 image_shape: Optional[Sequence[int]], retry: Optional[RetryPolicy] = None,
+                 sleep: Callable[[float], None] = time.sleep):
         if version is not None and int(version) < 1:
             raise ClientError(f"model version must be a positive integer, got {version}")
+        if timeout <= 0:
+            raise ClientError(f"timeout must be positive seconds, got {timeout}")
         self.model_name = model_name
         self.version = None if version is None else int(version)
         self.timeout = timeout
         self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._served: Optional[int] = None
+        self.answered_version: Optional[int] = None  # the version that answered the last request
+
+    @property
+    def server(self) -> str:
+        """Where requests go, for messages."""
+        raise NotImplementedError
 
     def predict(self, images, batch_size: int = 64) -> Dict[str, np.ndarray]:
         """logits, probabilities and classes of [N, H, W, C] float images in [0, 1] (serving_default)."""
@@ -173,14 +221,53 @@ class _PredictClient:
         """The same outputs for encoded JPEG/PNG files, decoded and resized by the server (predict_images_bytes)."""
         return self._in_batches(BYTES_SIGNATURE, BYTES_INPUT, validate_image_bytes(blobs), batch_size)
 
+    def served_version(self) -> int:
+        """The version the server serves for the model now (its metadata call, with retries)."""
+        self._served = self._retrying("metadata", self._metadata_version)
+        return self._served
+
+    def _retrying(self, what: str, attempt: Callable[[], Any]):
+        try:
+            return retries.call(attempt, self.retry, self._sleep)
+        except retries.GaveUp as failure:
+            raise ServingError(f"{self.server}: {what} failed: {failure}") from None
+
     def _in_batches(self, signature: str, input_name: str, values, batch_size: int) -> Dict[str, np.ndarray]:
         if batch_size < 1:
             raise ClientError(f"batch_size must be >= 1, got {batch_size}")
-        parts = [self._send(signature, input_name, values[start:start + batch_size])
-                 for start in range(0, len(values), batch_size)]
-        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        version = self.version or self._served or self.served_version()
+        for _ in range(self.retry.retries + 1):
+            try:
+                parts = [self._retrying("predict", functools.partial(self._send, signature, input_name,
+                                                                     values[start:start + batch_size], version))
+                         for start in range(0, len(values), batch_size)]
+            except NotServed as missing:
+                version = self._version_gone(version, missing, batches=-(-len(values) // batch_size))
+                continue
+            self.answered_version = version
+            return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        raise ServingError(f"{self.server}: the served version kept changing during the request "
+                           f"({self.retry.retries + 1} attempts)")
 
-    def _send(self, signature: str, input_name: str, batch) -> Dict[str, np.ndarray]:
+    def _version_gone(self, version: int, missing: NotServed, batches: int) -> int:
+        """The version to send the request to again after `version` was not found, or the error to report."""
+        try:
+            current = self.served_version()
+        except ServingError:
+            raise missing from None
+        if self.version is not None:
+            raise ServingError(f"{self.server}: version {version} is not served ({missing}); the server serves "
+                               f"version {current} (leave --model_version out to use it)") from None
+        if current == version:
+            raise missing
+        LOG.warning("%s: version %d disappeared during the request (%s); sent all %d batches again to version %d",
+                    self.server, version, missing, batches, current)
+        return current
+
+    def _metadata_version(self) -> int:
+        raise NotImplementedError
+
+    def _send(self, signature: str, input_name: str, batch, version: Optional[int] = None) -> Dict[str, np.ndarray]:
         raise NotImplementedError
 
 
@@ -193,8 +280,9 @@ class RestClient(_PredictClient):
 
     def __init__(self, url: str, model_name: str = DEFAULT_MODEL_NAME, version: Optional[int] = None,
                  request_format: str = "instances", timeout: float = 60.0,
-                 image_shape: Optional[Sequence[int]] = None):
-        super().__init__(model_name, version, timeout, image_shape)
+                 image_shape: Optional[Sequence[int]] = None, retry: Optional[RetryPolicy] = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        super().__init__(model_name, version, timeout, image_shape, retry, sleep)
         if request_format not in REQUEST_FORMATS:
             raise ClientError(f"request format must be one of {', '.join(REQUEST_FORMATS)}, got {request_format!r}")
         if not url.startswith(("http://", "https://")):
@@ -203,9 +291,16 @@ class RestClient(_PredictClient):
         self.request_format = request_format
 
     @property
+    def server(self) -> str:
+        return f"model {self.model_name} at {self.url}"
+
+    def endpoint_for(self, version: Optional[int], verb: str = ":predict") -> str:
+        versioned = f"/versions/{version}" if version is not None else ""
+        return f"{self.url}/v1/models/{self.model_name}{versioned}{verb}"
+
+    @property
     def endpoint(self) -> str:
-        version = f"/versions/{self.version}" if self.version is not None else ""
-        return f"{self.url}/v1/models/{self.model_name}{version}:predict"
+        return self.endpoint_for(self.version)
 
     def request_body(self, signature: str, input_name: str, batch) -> Dict:
         """The JSON request: row format ("instances") or columnar ("inputs"); bytes as {"b64": ...}."""
@@ -217,20 +312,33 @@ class RestClient(_PredictClient):
             return {"signature_name": signature, "instances": values}
         return {"signature_name": signature, "inputs": {input_name: values}}
 
-    def _send(self, signature: str, input_name: str, batch) -> Dict[str, np.ndarray]:
-        body = json.dumps(self.request_body(signature, input_name, batch)).encode("utf-8")
-        request = urllib.request.Request(self.endpoint, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+    def _call(self, request: urllib.request.Request) -> Dict:
+        """One HTTP exchange: the JSON answer, Transient for what may pass, NotServed for 404, else ServingError."""
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                payload = json.loads(response.read().decode("utf-8"))
+                return json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as error:
-            raise ServingError(f"HTTP {error.code} from {self.endpoint}: {_one_line(_error_message(error))}") from error
-        except urllib.error.URLError as error:
-            raise ServingError(f"cannot reach {self.endpoint}: {error.reason}") from error
-        except (OSError, ValueError) as error:  # timeouts, resets, a body that is not JSON
-            raise ServingError(f"no usable answer from {self.endpoint}: {error}") from error
-        return parse_rest_response(payload)
+            message = f"HTTP {error.code} from {request.full_url}: {_one_line(_error_message(error))}"
+            if error.code in RETRYABLE_HTTP:
+                raise retries.Transient(message) from error
+            raise (NotServed if error.code == 404 else ServingError)(message) from error
+        except (urllib.error.URLError, OSError) as error:  # refused, timed out, reset
+            raise retries.Transient(f"{request.full_url}: {_describe_oserror(error, self.timeout)}") from error
+        except ValueError as error:
+            raise ServingError(f"no usable answer from {request.full_url}: {error}") from error
+
+    def _metadata_version(self) -> int:
+        payload = self._call(urllib.request.Request(self.endpoint_for(None, "/metadata"), method="GET"))
+        try:
+            return int(payload["model_spec"]["version"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ServingError(f"{self.server}: metadata without a model version: {str(payload)[:200]}") from error
+
+    def _send(self, signature: str, input_name: str, batch, version: Optional[int] = None) -> Dict[str, np.ndarray]:
+        body = json.dumps(self.request_body(signature, input_name, batch)).encode("utf-8")
+        request = urllib.request.Request(self.endpoint_for(self.version if version is None else version), data=body,
+                                         method="POST", headers={"Content-Type": "application/json"})
+        return parse_rest_response(self._call(request))
 
 
 def _error_message(error: urllib.error.HTTPError) -> str:
@@ -266,8 +374,9 @@ class GrpcClient(_PredictClient):
     """TF Serving's gRPC PredictionService.Predict (default port 8500)."""
 
     def __init__(self, target: str, model_name: str = DEFAULT_MODEL_NAME, version: Optional[int] = None,
-                 timeout: float = 60.0, image_shape: Optional[Sequence[int]] = None, channel=None):
-        super().__init__(model_name, version, timeout, image_shape)
+                 timeout: float = 60.0, image_shape: Optional[Sequence[int]] = None, channel=None,
+                 retry: Optional[RetryPolicy] = None, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(model_name, version, timeout, image_shape, retry, sleep)
         try:
             import grpc
             from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -281,7 +390,11 @@ class GrpcClient(_PredictClient):
             ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
-    def request(self, signature: str, input_name: str, batch):
+    @property
+    def server(self) -> str:
+        return f"model {self.model_name} at {self.target} (gRPC)"
+
+    def request(self, signature: str, input_name: str, batch, version: Optional[int] = None):
         """The PredictRequest protobuf for one batch."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
@@ -289,8 +402,9 @@ class GrpcClient(_PredictClient):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
         request.model_spec.signature_name = signature
-        if self.version is not None:
-            request.model_spec.version.value = self.version
+        version = self.version if version is None else version
+        if version is not None:
+            request.model_spec.version.value = version
         if input_name == BYTES_INPUT:
             tensor = tf.make_tensor_proto(list(batch), dtype=tf.string, shape=[len(batch)])
         else:
@@ -298,13 +412,32 @@ class GrpcClient(_PredictClient):
         request.inputs[input_name].CopyFrom(tensor)
         return request
 
-    def _send(self, signature: str, input_name: str, batch) -> Dict[str, np.ndarray]:
+    def _call(self, method, request):
+        """One RPC: its response, Transient for what may pass, NotServed for NOT_FOUND, else ServingError."""
+        try:
+            return method(request, timeout=self.timeout)
+        except self._grpc.RpcError as error:
+            code = error.code()
+            details = _one_line(error.details() or "")
+            if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+                details = f"no answer within {self.timeout:g} s (--timeout)"
+            message = f"gRPC {code.name} from {self.target}: {details}"
+            if code.name in RETRYABLE_GRPC:
+                raise retries.Transient(message) from error
+            raise (NotServed if code == self._grpc.StatusCode.NOT_FOUND else ServingError)(message) from error
+
+    def _metadata_version(self) -> int:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model_name
+        request.metadata_field.append("signature_def")
+        return int(self._call(self._stub.GetModelMetadata, request).model_spec.version.value)
+
+    def _send(self, signature: str, input_name: str, batch, version: Optional[int] = None) -> Dict[str, np.ndarray]:
         import tensorflow as tf
 
-        try:
-            response = self._stub.Predict(self.request(signature, input_name, batch), timeout=self.timeout)
-        except self._grpc.RpcError as error:
-            raise ServingError(f"gRPC {error.code().name} from {self.target}: {_one_line(error.details())}") from error
+        response = self._call(self._stub.Predict, self.request(signature, input_name, batch, version))
         return {name: _as_output(name, tf.make_ndarray(tensor)) for name, tensor in response.outputs.items()}
 
     def close(self) -> None:
@@ -323,7 +456,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_version", type=int, default=None, help="a version (default: the served one)")
     parser.add_argument("--format", choices=REQUEST_FORMATS, default="instances", help="REST request format")
     parser.add_argument("--batch_size", type=int, default=32, help="images per request")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (each attempt)")
+    parser.add_argument("--retries", type=int, default=3, help="more attempts after a refused connection, a "
+                        "timeout, HTTP 429/5xx or gRPC UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED")
+    parser.add_argument("--backoff", type=float, default=0.5, help="seconds before the first retry, doubled for "
+                        "each next one (at most 8)")
     parser.add_argument("--metadata", help="the export's metadata.json (or its version dir / DIR/NAME): class "
                         "names and the input shape")
     parser.add_argument("--npy", help="a .npy of float images [N, H, W, C] in [0, 1] (sent to serving_default)")
@@ -338,17 +475,37 @@ def _load_npy(path: str) -> np.ndarray:
         raise ClientError(f"--npy={path}: cannot read a numpy array ({error})") from error
 
 
+def _retry_policy(args) -> RetryPolicy:
+    if args.retries < 0:
+        raise ClientError(f"--retries={args.retries}: must be >= 0")
+    if args.backoff < 0:
+        raise ClientError(f"--backoff={args.backoff:g}: must be >= 0 seconds")
+    return RetryPolicy(args.retries, args.backoff)
+
+
+def _log_warnings_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("export.client: warning: %(message)s"))
+    LOG.addHandler(handler)
+    LOG.propagate = False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    _log_warnings_to_stderr()
     try:
         if bool(args.files) == bool(args.npy):
             raise ClientError("give image files or --npy=PATH (exactly one of them)")
+        if args.timeout <= 0:
+            raise ClientError(f"--timeout={args.timeout:g}: must be positive seconds")
+        retry = _retry_policy(args)
         metadata = read_metadata(args.metadata) if args.metadata else {}
         shape: Optional[Tuple[int, ...]] = tuple(metadata["input_shape"]) if metadata.get("input_shape") else None
         if args.rest:
-            client = RestClient(args.rest, args.model_name, args.model_version, args.format, args.timeout, shape)
+            client = RestClient(args.rest, args.model_name, args.model_version, args.format, args.timeout, shape,
+                                retry)
         else:
-            client = GrpcClient(args.grpc, args.model_name, args.model_version, args.timeout, shape)
+            client = GrpcClient(args.grpc, args.model_name, args.model_version, args.timeout, shape, retry=retry)
         if args.npy:
             outputs = client.predict(_load_npy(args.npy), args.batch_size)
             names = [f"{args.npy}[{i}]" for i in range(len(outputs["classes"]))]
@@ -363,7 +520,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     class_names = metadata.get("class_names") or []
     for name, label, probabilities in zip(names, outputs["classes"], outputs["probabilities"]):
-        row = {"input": name, "class": int(label), "probability": float(probabilities[label])}
+        row = {"input": name, "class": int(label), "probability": float(probabilities[label]),
+               "version": client.answered_version}
         if int(label) < len(class_names):
             row["class_name"] = class_names[int(label)]
         print(json.dumps(row))

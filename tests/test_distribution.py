@@ -125,7 +125,7 @@ def run_worker(out: str, kind: str) -> None:
 
 def environment(extra: Dict[str, str] = None) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update({"PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     env.update(extra or {})
     return env
 

@@ -312,7 +312,7 @@ def test_shape_and_architecture_mismatches_name_the_keys(zoo_preact):
 # The command.
 
 def convert(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, "-m", "tf_fastbat.convert", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -354,5 +354,5 @@ def test_importing_the_package_and_the_command_does_not_import_torch():
     code = ("import sys, tf_fastbat.models, tf_fastbat.models.torch_import, tf_fastbat.convert; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -20,11 +21,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from conftest import ROOT
 from export import client
-from tf_fastbat import export
+from tf_fastbat.serving import saved_model
 
 MODEL = "tiny"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -42,30 +43,74 @@ def as_array(values, spec: tf.TensorSpec) -> np.ndarray:
 
 
 class RestStandIn:
-    """POST /v1/models/<name>[/versions/<v>]:predict like TF Serving's REST API, by running the SavedModel."""
+    """TF Serving's REST API, by running the SavedModel: POST /v1/models/<name>[/versions/<v>]:predict and
+    GET /v1/models/<name>/metadata, serving the versions in `versions` (the newest when none is named).
 
-    def __init__(self, loaded, model_name: str):
+    `faults` are consumed one per request (metadata or predict): each is None or a function of the request path
+    returning None (answer normally, after whatever it did) or an (HTTP status, JSON body) to answer instead.
+    """
+
+    def __init__(self, loaded, model_name: str, versions=(1,)):
         self.signatures = loaded.signatures
         self.model_name = model_name
+        self.versions = set(versions)
+        self.faults = []
         self.requests = []  # (path, parsed JSON body) of every predict request that reached the server
+        self.metadata_requests = []
+        self.release = threading.Event()  # ends the waits of slow-server faults
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                status, payload = stand_in.answer(self.path, self.rfile.read(int(self.headers["Content-Length"])))
+                self.reply(*stand_in.answer(self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+
+            def do_GET(self):
+                self.reply(*stand_in.metadata(self.path))
+
+            def reply(self, status, payload):
                 body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+                    pass
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _fault(self, path: str):
+        fault = self.faults.pop(0) if self.faults else None
+        return fault(path) if fault else None
+
+    def _missing(self, name: str, version):
+        if name != self.model_name or not self.versions:
+            return 404, {"error": f"Servable not found for request: Latest({name})"}
+        if version is not None and int(version) not in self.versions:
+            return 404, {"error": f"Servable not found for request: Specific({name}, {version})"}
+        return None
+
+    def metadata(self, path: str):
+        self.metadata_requests.append(path)
+        faulty = self._fault(path)
+        if faulty:
+            return faulty
+        match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/(\d+))?/metadata", path)
+        if not match:
+            return 404, {"error": f"Malformed request: GET {path}"}
+        missing = self._missing(match.group(1), match.group(2))
+        if missing:
+            return missing
+        version = match.group(2) or max(self.versions)
+        return 200, {"model_spec": {"name": self.model_name, "signature_name": "", "version": str(version)},
+                     "metadata": {"signature_def": {"signature_def": {name: {} for name in self.signatures}}}}
 
     def answer(self, path: str, raw: bytes):
         match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:predict", path)
@@ -73,6 +118,12 @@ class RestStandIn:
             return 404, {"error": f"Servable not found for request: Latest({path})"}
         body = json.loads(raw)
         self.requests.append((path, body))
+        faulty = self._fault(path)
+        if faulty:
+            return faulty
+        missing = self._missing(match.group(1), match.group(2))
+        if missing:
+            return missing
         name = body.get("signature_name", "serving_default")
         if name not in self.signatures:
             return 400, {"error": f'Serving signature name: "{name}" not found in signature def'}
@@ -94,27 +145,50 @@ class RestStandIn:
         return 200, {"outputs": {k: v.tolist() for k, v in outputs.items()}}
 
     def close(self):
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
 
 class GrpcStandIn(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """PredictionService.Predict like TF Serving's, by running the SavedModel."""
+    """PredictionService.Predict and GetModelMetadata like TF Serving's, by running the SavedModel, serving the
+    versions in `versions`; `faults` as in RestStandIn, a fault returning a (grpc.StatusCode, details) to abort."""
 
-    def __init__(self, loaded, model_name: str):
+    def __init__(self, loaded, model_name: str, versions=(1,)):
         self.signatures = loaded.signatures
         self.model_name = model_name
+        self.versions = set(versions)
+        self.faults = []
         self.requests = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.metadata_requests = []
+        self.release = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self, self.server)
         self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
         self.server.start()
 
+    def _check(self, context, model_spec, kind: str):
+        fault = self.faults.pop(0) if self.faults else None
+        faulty = fault(kind) if fault else None
+        if faulty:
+            context.abort(*faulty)
+        if model_spec.name != self.model_name or not self.versions:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_spec.name})")
+        if model_spec.HasField("version") and model_spec.version.value not in self.versions:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"Servable not found for request: Specific({model_spec.name}, {model_spec.version.value})")
+
+    def GetModelMetadata(self, request, context):
+        self.metadata_requests.append(request)
+        self._check(context, request.model_spec, "metadata")
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = self.model_name
+        response.model_spec.version.value = max(self.versions)
+        return response
+
     def Predict(self, request, context):
         self.requests.append(request)
-        if request.model_spec.name != self.model_name:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"Servable not found for request: Latest({request.model_spec.name})")
+        self._check(context, request.model_spec, "predict")
         name = request.model_spec.signature_name or "serving_default"
         if name not in self.signatures:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Serving signature key \"{name}\" not found.")
@@ -130,6 +204,7 @@ class GrpcStandIn(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def close(self):
+        self.release.set()
         self.server.stop(None)
 
 
@@ -160,11 +235,11 @@ def served(tmp_path_factory, cifar_slice):
     kernel = np.random.default_rng(0).normal(0, 3, (len(mean_feature), 10)).astype(np.float32)
     model.get_layer("logits").set_weights([kernel, -(mean_feature @ kernel).astype(np.float32)])
     export_dir = tmp_path_factory.mktemp("exports")
-    version_dir = export.export_saved_model(model, str(export_dir), MODEL, {"class_names": CLASSES})
+    version_dir = saved_model.export_saved_model(model, str(export_dir), MODEL, {"class_names": CLASSES})
     loaded = tf.saved_model.load(version_dir)
     rest, rpc = RestStandIn(loaded, MODEL), GrpcStandIn(loaded, MODEL)
     yield {"model": model, "model_dir": os.path.join(export_dir, MODEL), "rest": rest, "grpc": rpc,
-           "uint8": cifar_slice["x_test"][:10]}
+           "uint8": cifar_slice["x_test"][:10], "loaded": loaded}
     rest.close()
     rpc.close()
 
@@ -298,6 +373,7 @@ def test_malformed_bytes_are_refused_before_sending(served):
 def test_server_side_errors_come_back_as_serving_errors(served):
     rest, rpc = served["rest"], served["grpc"]
     rest_client = client.RestClient(rest.url, MODEL)
+    seen = len(rest.requests)
     # What another client could send: the in-graph check names the offending element.
     with pytest.raises(client.ServingError,
                        match=r"HTTP 400 .*must be a JPEG or PNG file; these indices are not:\] \[0\]"):
@@ -307,10 +383,9 @@ def test_server_side_errors_come_back_as_serving_errors(served):
                        match=r"HTTP 400 .*images must be float32 \[batch, 32, 32, 3\] in \[0, 1\]; "
                              r"got shape\] \[2 16 16 3\]"):
         rest_client.predict(GOOD[:, :16, :16])
+    assert len(rest.requests) == seen + 2, "HTTP 400 is not retried"
     with pytest.raises(client.ServingError, match="HTTP 404 .*Servable not found"):
         client.RestClient(rest.url, "other").predict(GOOD)
-    with pytest.raises(client.ServingError, match="cannot reach http://127.0.0.1:9/v1/models/tiny:predict"):
-        client.RestClient("http://127.0.0.1:9", MODEL, timeout=5).predict(GOOD)
     grpc_client = client.GrpcClient(rpc.target, MODEL)
     try:
         with pytest.raises(client.ServingError, match="gRPC INVALID_ARGUMENT .*must be a JPEG or PNG file"):
@@ -366,3 +441,156 @@ def test_command_line_client_prints_one_json_line_per_input_without_tensorflow(s
         lines = [line for line in result.stderr.splitlines() if line.startswith("export.client: error:")]
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-1500:]
         assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Server faults: retries with backoff, then one line naming the server; a version that disappears.
+
+FAST_RETRIES = client.RetryPolicy(retries=2, backoff=0.01)
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fresh(served):
+    """Stand-ins of their own for a test that scripts faults or changes the served versions."""
+    rest, rpc = RestStandIn(served["loaded"], MODEL), GrpcStandIn(served["loaded"], MODEL)
+    yield rest, rpc
+    rest.close()
+    rpc.close()
+
+
+def slow(seconds: float, stand_in):
+    """A fault that answers normally, but only after `seconds` (or when the stand-in closes)."""
+    return lambda _: stand_in.release.wait(seconds) and None
+
+
+def unavailable(_):
+    """A fault: HTTP 503, as TF Serving answers while a model loads."""
+    return 503, {"error": "Model is loading"}
+
+
+def grpc_unavailable(_):
+    return grpc.StatusCode.UNAVAILABLE, "Socket closed"
+
+
+def test_refused_connection_is_retried_with_backoff_then_reported_in_one_line(served, tmp_path):
+    port = unused_port()
+    sleeps = []
+    rest_client = client.RestClient(f"http://127.0.0.1:{port}", MODEL, retry=FAST_RETRIES, sleep=sleeps.append)
+    with pytest.raises(client.ServingError, match=rf"^model tiny at http://127.0.0.1:{port}: metadata failed: "
+                                                  r".*connection refused \(3 attempts over [\d.]+ s\)$"):
+        rest_client.predict(GOOD)
+    assert sleeps == [0.01, 0.02]
+    grpc_client = client.GrpcClient(f"127.0.0.1:{port}", MODEL, retry=FAST_RETRIES)
+    try:
+        with pytest.raises(client.ServingError, match=rf"^model tiny at 127.0.0.1:{port} \(gRPC\): metadata failed: "
+                                                      r"gRPC UNAVAILABLE .*\(3 attempts over [\d.]+ s\)$"):
+            grpc_client.predict(GOOD)
+    finally:
+        grpc_client.close()
+    np.save(tmp_path / "images.npy", GOOD)
+    result = run_client(f"--rest=http://127.0.0.1:{port}", f"--model_name={MODEL}", "--retries=1", "--backoff=0",
+                        f"--npy={tmp_path / 'images.npy'}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and lines[-1].startswith("export.client: server error: model tiny at "
+                                                           f"http://127.0.0.1:{port}: metadata failed"), result.stderr
+    assert "connection refused (2 attempts" in lines[-1] and "Traceback" not in result.stderr
+
+
+def test_slow_server_past_the_timeout_is_retried_then_reported(served, fresh):
+    rest, rpc = fresh
+    images = served["uint8"][:4].astype(np.float32) / 255.0
+    expected = reference(served["model"], images)
+    # Slow once: the retry gets the answer.
+    rest.faults = [None, slow(5.0, rest)]
+    outputs = client.RestClient(rest.url, MODEL, timeout=0.5, retry=FAST_RETRIES).predict(images)
+    assert_matches(outputs, expected)
+    assert len(rest.requests) == 2
+    # Slow every time: three attempts of 0.5 s, then one line.
+    rest.faults = [slow(5.0, rest)] * 3
+    with pytest.raises(client.ServingError, match=rf"^model tiny at {rest.url}: metadata failed: .*no answer within "
+                                                  r"0.5 s \(--timeout\) \(3 attempts over [\d.]+ s\)$"):
+        client.RestClient(rest.url, MODEL, timeout=0.5, retry=FAST_RETRIES).predict(images)
+    rpc.faults = [None, slow(5.0, rpc)]
+    grpc_client = client.GrpcClient(rpc.target, MODEL, timeout=0.5, retry=FAST_RETRIES)
+    try:
+        assert_matches(grpc_client.predict(images), expected)
+        assert len(rpc.requests) == 2
+        rpc.faults = [slow(5.0, rpc)] * 3
+        with pytest.raises(client.ServingError, match=r"predict failed: gRPC DEADLINE_EXCEEDED .*no answer within "
+                                                      r"0.5 s \(--timeout\) \(3 attempts"):
+            grpc_client.predict(images)
+    finally:
+        grpc_client.close()
+
+
+def test_http_503_then_success_and_grpc_unavailable_then_success(served, fresh):
+    rest, rpc = fresh
+    images = served["uint8"][:6].astype(np.float32) / 255.0
+    expected = reference(served["model"], images)
+    rest.faults = [None, unavailable, unavailable]  # metadata fine, the first batch twice 503
+    sleeps = []
+    outputs = client.RestClient(rest.url, MODEL, retry=FAST_RETRIES, sleep=sleeps.append).predict(images, batch_size=4)
+    assert_matches(outputs, expected)
+    assert sleeps == [0.01, 0.02] and [len(body["instances"]) for _, body in rest.requests] == [4, 4, 4, 2]
+    rest.faults = [None] + [unavailable] * 3
+    with pytest.raises(client.ServingError, match=rf"^model tiny at {rest.url}: predict failed: HTTP 503 from "
+                                                  r".*Model is loading \(3 attempts"):
+        client.RestClient(rest.url, MODEL, retry=FAST_RETRIES).predict(images)
+    rpc.faults = [grpc_unavailable, None, grpc_unavailable]  # the metadata call and the first batch once each
+    grpc_client = client.GrpcClient(rpc.target, MODEL, retry=FAST_RETRIES)
+    try:
+        assert_matches(grpc_client.predict(images, batch_size=4), expected)
+        assert len(rpc.requests) == 3 and len(rpc.metadata_requests) == 2
+        rpc.faults = [grpc_unavailable] * 3
+        with pytest.raises(client.ServingError, match=r"predict failed: gRPC UNAVAILABLE .*Socket closed \(3 attempts"):
+            grpc_client.predict(images)
+    finally:
+        grpc_client.close()
+
+
+def test_version_that_disappears_before_or_during_the_request_is_reported_or_replaced(served, fresh, caplog):
+    rest, rpc = fresh
+    images = served["uint8"].astype(np.float32) / 255.0
+    expected = reference(served["model"], images)
+
+    def replace_version(stand_in):
+        def fault(_):
+            stand_in.versions = {2}  # version 2 (here the same SavedModel) replaced version 1
+        return fault
+
+    # REST: the metadata call says 1; it is gone after the first of three batches; all three go again to 2.
+    rest.faults = [None, None, replace_version(rest)]
+    rest_client = client.RestClient(rest.url, MODEL)
+    with caplog.at_level("WARNING", logger="export.client"):
+        outputs = rest_client.predict(images, batch_size=4)
+    assert_matches(outputs, expected)
+    assert rest_client.answered_version == 2
+    assert [path.split("/")[-1] for path, _ in rest.requests] == \
+        ["1:predict", "1:predict", "2:predict", "2:predict", "2:predict"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model tiny at {rest.url}: version 1 disappeared during the request (HTTP 404 from "
+        f"{rest.url}/v1/models/tiny/versions/1:predict: Servable not found for request: Specific(tiny, 1)); "
+        "sent all 3 batches again to version 2"]
+    # An explicit version that is gone is an error naming the served one.
+    with pytest.raises(client.ServingError, match=r"version 1 is not served \(HTTP 404 .*Specific\(tiny, 1\)\); the "
+                                                  r"server serves version 2 \(leave --model_version out to use it\)"):
+        client.RestClient(rest.url, MODEL, version=1).predict(images)
+    # gRPC: gone between the metadata call and the predict call.
+    rpc.faults = [None, replace_version(rpc)]
+    caplog.clear()
+    grpc_client = client.GrpcClient(rpc.target, MODEL)
+    try:
+        with caplog.at_level("WARNING", logger="export.client"):
+            assert_matches(grpc_client.predict(images), expected)
+        assert [r.model_spec.version.value for r in rpc.requests] == [1, 2]
+        assert grpc_client.answered_version == 2 and len(caplog.records) == 1
+        assert "version 1 disappeared during the request (gRPC NOT_FOUND" in caplog.records[0].getMessage()
+    finally:
+        grpc_client.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Optional
+from typing import Dict, Optional
 
 import keras
 import numpy as np
@@ -29,14 +29,26 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Adds the epoch's wall time to the logs (seconds per epoch is what fast AT is about)."""
+    """Adds the epoch's wall time to the logs (seconds per epoch is what fast AT is about).
+
+    `carry` {epoch: seconds} holds the time an interrupted run already spent in an epoch it resumes mid-way.
+    """
+
+    def __init__(self, carry: Optional[Dict[int, float]] = None):
+        super().__init__()
+        self.carry = dict(carry or {})
+        self._start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start = time.perf_counter() - self.carry.pop(epoch, 0.0)
+
+    def elapsed(self) -> float:
+        """Seconds spent in the epoch in progress."""
+        return time.perf_counter() - self._start
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["epoch_seconds"] = time.perf_counter() - self._start
+            logs["epoch_seconds"] = self.elapsed()
 
 
 class RobustValidation(keras.callbacks.Callback):

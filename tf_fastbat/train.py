@@ -6,17 +6,21 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from tf_fastbat import config
+from tf_fastbat import cli, config
 
-config.define_training_flags()
 FLAGS = flags.FLAGS
+TOOL = "tf_fastbat.train"
+ES_STREAMED_EXAMPLES = 1000  # held-out examples kept in memory for early stopping on streamed or folder data
 
 
-def _fail(message: str) -> None:
-    sys.stderr.write(f"tf_fastbat.train: error: {message}\n")
-    sys.exit(2)
+def _warn(message: str) -> None:
+    sys.stderr.write(f"tf_fastbat.train: warning: {message}\n")
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(f"tf_fastbat.train: {message}\n")
 
 
 def _configure_runtime(f) -> None:
@@ -39,7 +43,8 @@ def run(f=FLAGS) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from tf_fastbat import callbacks as cb, data, distribution, methods, models, optim, report
+    from tf_fastbat import (backup, callbacks as cb, data, distribution, evaluation, interrupt, methods, models,
+                            optim, report, resume)
     from tf_fastbat.checkpoints import write_json_atomic, read_json
     from tf_fastbat.metrics import GradientAlignmentLogger
     from tf_fastbat.trainer import AdversarialTrainer
@@ -47,7 +52,7 @@ def run(f=FLAGS) -> dict:
     strategy = distribution.strategy_for(f.distribution)  # before any other TF op (multi-worker needs it)
     _configure_runtime(f)
     method = methods.build(f.method, **config.method_hparams(f))
-    eval_eps = config.eval_eps_list(f.eval_eps, f.eps)
+    eval_eps = config.eval_eps_list(f)
     source = data.load(f.dataset, f.data_dir, f.manual_dir, f.image_size)
     es_examples = sys.maxsize if f.es_num_examples < 0 else f.es_num_examples
     splits = data.splits(source, f.batch_size, f.val_ratio, f.seed, es_examples, f.data_dir,
@@ -82,35 +87,47 @@ def run(f=FLAGS) -> dict:
         if f.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         trainer.compile(optimizer=optimizer, jit_compile=f.jit_compile)
-        trainer(np.zeros((1, *source.image_shape), np.float32))  # built, so that BackupAndRestore can restore
+        trainer(np.zeros((1, *source.image_shape), np.float32))  # built, so that a backup can be restored
         optimizer.build(classifier.trainable_variables)
 
-    val_x, val_y = splits.validation_arrays if splits.validation_arrays else (None, None)
+    log_path = os.path.join(workdir, "training_log.csv")
+    state = resume.RunState(trainer, strategy, checkpoint_dir, log_path, f.batch_size, steps_per_epoch)
+    backup_dir = os.path.join(f.workdir, "backup")  # the chief's: every worker restores from it
+    found = backup.newest(backup_dir, _warn)
+    if found is not None:
+        restored = state.restore(found)
+        _note(f"resuming from {found.path} (epoch {restored.position.epoch + 1}, step {restored.position.step})")
+    else:
+        restored = resume.Restored()
+        if state.start_over():
+            _warn(f"no backup in {backup_dir}: starting over (the workdir's old log rows and best model are dropped)")
+    timer = cb.EpochTimer({restored.position.epoch: restored.epoch_seconds})
+    stop = interrupt.StopRequest()
+
+    val_x, val_y = validation_arrays(splits, es_examples)
     callbacks = [
-        cb.EpochTimer(),
+        timer,
         cb.NonFiniteLossGuard(),
-        cb.RobustValidation(classifier, checkpoint_dir, val_x, val_y, method.eps or eval_eps[0] / 255.0,
+        cb.RobustValidation(classifier, checkpoint_dir, val_x, val_y, method.eps or eval_eps[0],
                             f.es_attack_step, f.es_restarts, f.seed),
-        keras.callbacks.CSVLogger(os.path.join(workdir, "training_log.csv"), append=True),
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), double_checkpoint=True),
+        keras.callbacks.CSVLogger(log_path, append=True),
+        resume.StepBackup(state, backup_dir, epochs=f.epochs, chief=chief, every_steps=f.backup_every_steps,
+                          every_seconds=f.backup_every_seconds, restored=restored, timer=timer, stop=stop,
+                          agree=resume.Agreement(strategy) if resume.several_workers(strategy) else None),
     ]
     if val_x is not None:  # before CSVLogger/TensorBoard, so that they record logs["gradient_alignment"] (Fig. 2)
         callbacks.insert(3, GradientAlignmentLogger(classifier, val_x[:512], val_y[:512],
-                                                    method.eps or eval_eps[0] / 255.0, seed=f.seed))
+                                                    method.eps or eval_eps[0], seed=f.seed))
     if f.tensorboard:
         callbacks.insert(len(callbacks) - 2, keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
                                                                          write_graph=False))
     start = time.perf_counter()
-    history = trainer.fit(splits.train.repeat(), epochs=f.epochs, steps_per_epoch=steps_per_epoch,
-                          callbacks=callbacks, verbose=1 if chief else 0)
+    with stop.installed():
+        history = resume.fit(trainer, splits.train_from, restored.position, f.epochs, steps_per_epoch, callbacks,
+                             verbose=1 if chief else 0)
     train_seconds = time.perf_counter() - start
 
-    if f.eval_num_examples >= 0 and splits.test_arrays:
-        test_x, test_y = (a[:f.eval_num_examples] for a in splits.test_arrays)
-    elif splits.test_arrays:
-        test_x, test_y = splits.test_arrays
-    else:
-        test_x, test_y = _materialize(splits.test, f.eval_num_examples)
+    test_x, test_y = test_arrays(splits, f.eval_num_examples)
     best_epoch = (read_json(os.path.join(checkpoint_dir, "best.json"), {}) or {}).get("epoch")
     results = {}
     for name in ("best", "last"):
@@ -118,10 +135,10 @@ def run(f=FLAGS) -> dict:
         if name == "last" and best_epoch == f.epochs and "best" in results:
             results["last"] = results["best"]  # the best epoch was the last: the same weights
         elif os.path.exists(path):
-            results[name] = report.evaluate_classifier(models.load(path), test_x, test_y, eval_eps,
-                                                       f.eval_attack_step, f.eval_restarts, f.seed)
+            results[name] = evaluation.pgd_report(evaluation.classifier_logits(models.load(path)), test_x, test_y,
+                                                  eval_eps, f.eval_attack_step, f.eval_restarts, f.seed)
     primary = results.get("best") or results["last"]
-    epoch_seconds = history.history.get("epoch_seconds", [])
+    epoch_seconds = history.get("epoch_seconds", [])
     full = {**primary, "model": "best" if "best" in results else "last", "checkpoints": results,
             "best_epoch": best_epoch,
             "method": method.hparams(), "dataset": source.name, "architecture": f.model,
@@ -135,44 +152,53 @@ def run(f=FLAGS) -> dict:
             out.write(table + "\n")
         print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {workdir}):\n{table}")
         if f.export_dir:
-            from tf_fastbat.export import export_after_training
+            from tf_fastbat.serving.publish import export_after_training
 
             exported = export_after_training(workdir, f.export_dir, f.export_model_name, examples=(test_x, test_y))
             print("\n".join(f"exported {kind}: {path}" for kind, path in exported.items()))
     return full
 
 
-def _materialize(dataset, limit: int):
-    import numpy as np
+def validation_arrays(splits, limit: int):
+    """The held-out examples early stopping attacks: in-memory arrays, or the first ES_STREAMED_EXAMPLES (at most
+    `limit`) of a streamed or folder source's held-out stream; (None, None) without a held-out split."""
+    from tf_fastbat.data.test_split import stream_arrays
 
-    xs, ys, count = [], [], 0
-    for x, y in dataset:
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-        count += len(x)
-        if 0 <= limit <= count:
-            break
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    return (x[:limit], y[:limit]) if limit >= 0 else (x, y)
+    if splits.validation_arrays:
+        return splits.validation_arrays
+    if splits.validation is None:
+        return None, None
+    x, y = stream_arrays(splits.validation, min(limit, ES_STREAMED_EXAMPLES), splits.source.image_shape)
+    return (x, y) if len(x) else (None, None)
+
+
+def test_arrays(splits, limit: int):
+    """The first `limit` (all if < 0) test examples the final report attacks."""
+    from tf_fastbat.data.test_split import stream_arrays
+
+    if splits.test_arrays:
+        return tuple(a[:limit] for a in splits.test_arrays) if limit >= 0 else splits.test_arrays
+    return stream_arrays(splits.test, sys.maxsize if limit < 0 else limit, splits.source.image_shape)
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    from tf_fastbat.backup import BackupError
     from tf_fastbat.callbacks import NonFiniteLossError
-    from tf_fastbat.data import DataError
-    from tf_fastbat.export import ExportError
+    from tf_fastbat.interrupt import exit_status
+    from tf_fastbat.resume import TrainingInterrupted
 
     try:
-        config.validate_training(FLAGS)
         run(FLAGS)
-    except (config.ConfigError, DataError, NonFiniteLossError, ExportError, FileNotFoundError) as error:
-        _fail(str(error))
-    except ValueError as error:
-        if type(error) is ValueError and str(error).startswith("--"):
-            _fail(str(error))
-        raise
+    except TrainingInterrupted as interrupted:
+        _note(str(interrupted))
+        sys.exit(exit_status(interrupted.signum))
+    except (NonFiniteLossError, BackupError) as error:
+        cli.fail(TOOL, str(error))
+
+
+def console_main() -> None:
+    cli.run(TOOL, config.define_training_flags, main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

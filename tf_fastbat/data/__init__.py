@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -16,7 +16,11 @@ BUNDLED_SLICE = "tf_fastbat/data/cifar10_slice.npz"
 
 @dataclasses.dataclass
 class Splits:
-    """The three pipelines training needs, plus what the model needs to know of the data."""
+    """The three pipelines training needs, plus what the model needs to know of the data.
+
+    `train` is one epoch of training batches; `train_from(b)` is the endless stream of them (epoch after epoch)
+    from global batch b on, the same batches an unbroken stream yields there.
+    """
 
     source: Source
     train: tf.data.Dataset
@@ -25,6 +29,7 @@ class Splits:
     test_arrays: Optional[tuple]
     test: tf.data.Dataset
     num_train: int
+    train_from: Callable[[int], tf.data.Dataset]
 
 
 def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validation_examples: int,
@@ -37,13 +42,16 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
             raise DataError(f"--batch_size={batch_size} exceeds the {len(x_train)} training examples of "
                             f"{source.name}")
         x_val, y_val = x_val[:validation_examples], y_val[:validation_examples]
-        train = pipeline.array_dataset(x_train, y_train, batch_size, training=True, seed=seed,
-                                       drop_remainder=drop_remainder)
+
+        def train_from(start: int) -> tf.data.Dataset:
+            return pipeline.array_stream(x_train, y_train, batch_size, seed, start, drop_remainder)
+
+        train = train_from(0).take(pipeline.batches_per_epoch(len(x_train), batch_size, drop_remainder))
         validation = pipeline.array_dataset(x_val, y_val, batch_size, training=False, seed=seed) if len(x_val) else None
         test = pipeline.array_dataset(source.x_test, source.y_test, batch_size, training=False, seed=seed)
         val_arrays = (x_val.astype(np.float32) / 255.0, y_val) if len(x_val) else None
         test_arrays = (source.x_test.astype(np.float32) / 255.0, source.y_test)
-        return Splits(source, train, validation, val_arrays, test_arrays, test, len(x_train))
+        return Splits(source, train, validation, val_arrays, test_arrays, test, len(x_train), train_from)
     size = source.image_shape[0]
     if source.train_files is not None:
         order = np.random.default_rng(seed).permutation(len(source.train_files))
@@ -51,13 +59,17 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
         files = np.asarray(source.train_files)
         labels = source.train_labels
         val_idx, train_idx = order[:held_out][:validation_examples], order[held_out:]
-        train = pipeline.file_dataset(files[train_idx], labels[train_idx], batch_size, size, training=True,
-                                      seed=seed, drop_remainder=drop_remainder)
+
+        def train_from(start: int) -> tf.data.Dataset:
+            return pipeline.file_stream(files[train_idx], labels[train_idx], batch_size, size, seed, start,
+                                        drop_remainder)
+
+        train = train_from(0).take(pipeline.batches_per_epoch(len(train_idx), batch_size, drop_remainder))
         validation = pipeline.file_dataset(files[val_idx], labels[val_idx], batch_size, size, training=False,
                                            seed=seed) if len(val_idx) else None
         test = pipeline.file_dataset(source.test_files, source.test_labels, batch_size, size, training=False,
                                      seed=seed)
-        return Splits(source, train, validation, None, None, test, len(train_idx))
+        return Splits(source, train, validation, None, None, test, len(train_idx), train_from)
     # Streamed TFDS (ImageNet): its validation split is the test set; hold out the training tail for early stopping.
     percent = int(round(100 * (1 - val_ratio)))
     train = pipeline.tfds_stream(source.name, f"train[:{percent}%]", data_dir, batch_size, size, training=True,
@@ -65,7 +77,8 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
     validation = pipeline.tfds_stream(source.name, f"train[{percent}%:]", data_dir, batch_size, size,
                                       training=False, seed=seed).take(max(1, validation_examples // batch_size))
     test = pipeline.tfds_stream(source.name, "validation", data_dir, batch_size, size, training=False, seed=seed)
-    return Splits(source, train, validation, None, None, test, int(1_281_167 * (1 - val_ratio)))
+    return Splits(source, train, validation, None, None, test, int(1_281_167 * (1 - val_ratio)),
+                  lambda start: train.repeat().skip(start))
 
 
 __all__ = ["load", "splits", "Splits", "Source", "DataError", "BUNDLED_SLICE"]

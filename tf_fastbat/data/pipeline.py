@@ -1,13 +1,16 @@
-"""tf.data pipelines: the held-out validation split, seeded augmentation, batching and prefetch."""
+"""tf.data pipelines: the held-out validation split, the seeded training stream (startable at any batch, so that
+a resumed run sees the batches an unbroken one would), augmentation, batching and prefetch."""
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from tf_fastbat.data.sources import Source
+
+_ENDLESS = 2 ** 62
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, ratio: float, seed: int):
@@ -52,38 +55,86 @@ def to_unit_range(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32) / 255.0
 
 
+def batches_per_epoch(count: int, batch_size: int, drop_remainder: bool) -> int:
+    return count // batch_size if drop_remainder else -(-count // batch_size)
+
+
+def epoch_order(count: int, seed: int, epoch: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Epoch `epoch`'s permutation of the `count` examples and one augmentation seed pair per position: a function
+    of (seed, epoch) alone, so that any epoch can be rebuilt without replaying the ones before it."""
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=key, alg="philox")
+    augment_key = tf.random.experimental.stateless_fold_in(key, 1, alg="philox")
+    seeds = tf.random.stateless_uniform([count, 2], seed=augment_key, minval=None, maxval=None, dtype=tf.int64,
+                                        alg="philox")
+    return order, seeds
+
+
+def training_stream(count: int, example: Callable[[tf.Tensor, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]],
+                    batch_size: int, seed: int, start_batch: int = 0, drop_remainder: bool = False) -> tf.data.Dataset:
+    """The endless training stream from global batch `start_batch` on: epoch after epoch of `epoch_order`, each
+    example made by `example(index, augmentation seed)`, batched within its epoch (the last batch may be short).
+
+    The batches already consumed are skipped as indices, before any example is loaded or augmented.
+    """
+    first_epoch, skipped = divmod(int(start_batch), batches_per_epoch(count, batch_size, drop_remainder))
+
+    def epoch(number):
+        order, seeds = epoch_order(count, seed, number)
+        skip = tf.where(number == first_epoch, tf.constant(skipped * batch_size, tf.int64), tf.constant(0, tf.int64))
+        return (tf.data.Dataset.from_tensor_slices((order, seeds)).skip(skip)
+                .map(example, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch_size, drop_remainder=drop_remainder))
+
+    return tf.data.Dataset.range(first_epoch, _ENDLESS).flat_map(epoch)
+
+
+def array_stream(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, start_batch: int = 0,
+                 drop_remainder: bool = False) -> tf.data.Dataset:
+    """Augmented training batches of uint8 arrays from global batch `start_batch` on (see `training_stream`)."""
+    images, labels = tf.constant(x), tf.constant(y.astype(np.int32))
+    stream = training_stream(len(x), lambda i, s: (_pad_crop_flip(tf.gather(images, i), s), tf.gather(labels, i)),
+                             batch_size, seed, start_batch, drop_remainder)
+    return stream.map(lambda images, labels: (to_unit_range(images), labels)).prefetch(tf.data.AUTOTUNE)
+
+
+def file_stream(files, labels, batch_size: int, size: int, seed: int, start_batch: int = 0,
+                drop_remainder: bool = False) -> tf.data.Dataset:
+    """Augmented training batches of JPEG/PNG files from global batch `start_batch` on (see `training_stream`)."""
+    paths, classes = tf.constant(list(files)), tf.constant(np.asarray(labels, np.int32))
+    stream = training_stream(len(files), lambda i, s: (_random_resized_crop_flip(_decode(tf.gather(paths, i)), s, size),
+                                                       tf.gather(classes, i)),
+                             batch_size, seed, start_batch, drop_remainder)
+    return stream.map(lambda images, labels: (images / 255.0, labels)).prefetch(tf.data.AUTOTUNE)
+
+
 def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool, seed: int,
                   drop_remainder: bool = False) -> tf.data.Dataset:
-    """Batches of ([0, 1] float images, int labels) from uint8 arrays; shuffled and augmented if `training`."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    """Batches of ([0, 1] float images, int labels) from uint8 arrays; if `training`, the first epoch of
+    `array_stream` (shuffled and augmented)."""
     if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda xy, s: (_pad_crop_flip(xy[0], s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        return array_stream(x, y, batch_size, seed, 0, drop_remainder).take(
+            batches_per_epoch(len(x), batch_size, drop_remainder))
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).batch(batch_size, drop_remainder=drop_remainder)
     return ds.map(lambda images, labels: (to_unit_range(images), labels)).prefetch(tf.data.AUTOTUNE)
 
 
 def file_dataset(files, labels, batch_size: int, size: int, *, training: bool, seed: int,
                  drop_remainder: bool = False) -> tf.data.Dataset:
-    """Batches from JPEG/PNG files (ImageNet-style folders)."""
-    ds = tf.data.Dataset.from_tensor_slices((list(files), np.asarray(labels, np.int32)))
+    """Batches from JPEG/PNG files (ImageNet-style folders); if `training`, the first epoch of `file_stream`."""
     if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda xy, s: (_random_resized_crop_flip(_decode(xy[0]), s, size), xy[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda f, l: (_center_crop(_decode(f), size), l), num_parallel_calls=tf.data.AUTOTUNE)
+        return file_stream(files, labels, batch_size, size, seed, 0, drop_remainder).take(
+            batches_per_epoch(len(files), batch_size, drop_remainder))
+    ds = tf.data.Dataset.from_tensor_slices((list(files), np.asarray(labels, np.int32)))
+    ds = ds.map(lambda path, label: (_center_crop(_decode(path), size), label), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.map(lambda images, labels: (images / 255.0, labels)).prefetch(tf.data.AUTOTUNE)
 
 
 def tfds_stream(name: str, split: str, data_dir, batch_size: int, size: int, *, training: bool, seed: int,
                 drop_remainder: bool = False) -> tf.data.Dataset:
-    """Batches from a prepared TFDS set too large for memory (imagenet2012)."""
+    """Batches from a prepared TFDS set too large for memory (imagenet2012); its training order comes from tf.data's
+    seeded shuffle, so a resumed run replays (reads and drops) the batches already consumed."""
     import tensorflow_datasets as tfds
 
     ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, shuffle_files=training,

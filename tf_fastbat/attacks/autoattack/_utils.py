@@ -1,9 +1,11 @@
-"""Helpers shared by the AutoAttack attacks: seeds, traced-function cache, batching, per-example norms."""
+"""Helpers shared by the AutoAttack attacks: seeds, noise, traced-function cache, blocked loops, batching,
+per-example norms."""
 
 from __future__ import annotations
 
 import collections
-from typing import Callable, Hashable, Iterator, Tuple
+import dataclasses
+from typing import Callable, Dict, Hashable, Iterator, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +37,42 @@ def derive_seed(seed: int, *parts: int) -> np.ndarray:
     """A [2] int64 seed for stateless TF ops, a deterministic function of `seed` and the stream `parts`."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF] + [int(p) & 0xFFFFFFFF for p in parts])
     return state.generate_state(2, dtype=np.uint32).astype(np.int64)
+
+
+def uniform_rows(seeds: Sequence[np.ndarray], n_points: int, feature_shape: Tuple[int, ...], group: np.ndarray,
+                 point: np.ndarray) -> np.ndarray:
+    """Per row, row `point` of U[-1, 1] noise of shape [n_points, *feature_shape] drawn with `seeds[group]`.
+
+    Stateless draws fill their output in order, so this is also row `point` of any shorter draw that reaches it.
+    """
+    noise = np.empty([len(group), *feature_shape], np.float32)
+    for g in np.unique(group):
+        chosen = group == g
+        draw = tf.random.stateless_uniform([n_points, *feature_shape], seed=seeds[g], minval=-1.0, maxval=1.0)
+        noise[chosen] = tf.gather(draw, point[chosen]).numpy()
+    return noise
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """A traced attack loop run in blocks, so that callers see progress: start(*inputs, init) -> state;
+    steps(*inputs, state, n) -> the state after n more iterations (fewer at the end of the budget)."""
+
+    start: Callable
+    steps: Callable
+
+
+def run_in_blocks(engine: Engine, inputs: Tuple[tf.Tensor, ...], init, n_iter: int, block: int,
+                  done: Callable[[int], None]) -> Dict[str, tf.Tensor]:
+    """All `n_iter` iterations of `engine`, `block` per call; `done(k)` after each call that ran k iterations."""
+    state = engine.start(*inputs, init)
+    finished = 0
+    while finished < n_iter:
+        k = min(block, n_iter - finished)
+        state = engine.steps(*inputs, state, tf.constant(k, tf.int32))
+        finished += k
+        done(k)
+    return state
 
 
 def spec(feature_shape: Tuple[int, ...]) -> tf.TensorSpec:

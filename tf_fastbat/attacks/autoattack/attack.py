@@ -36,9 +36,14 @@ class AutoAttack(Attack):
         if eps == 0:
             return Outcome(predict(logits_fn, np.asarray(x, np.float32), self.batch_size) == np.asarray(y))
         result = run_autoattack(logits_fn, x, y, eps, version=self.version, batch_size=self.batch_size,
-                                seed=self.seed, progress=progress)
+                                seed=self.seed, progress=progress, log=_print if progress is not None else None)
         return Outcome(result.robust_mask, {"robust_accuracy": result.robust_accuracy,
                                             "clean_accuracy": result.clean_accuracy,
                                             "per_attack_robust_accuracy": result.per_attack_robust_accuracy,
                                             "seconds_per_attack": result.seconds_per_attack,
                                             "warnings": list(result.warnings)})
+
+
+def _print(line: str) -> None:
+    """Each component attack's closing line (robust accuracy so far, seconds), beside the progress bars."""
+    print(line, flush=True)

@@ -4,7 +4,8 @@ the points that survived the previous ones, after the reference's sanity checks 
 Versions (as in fra31/auto-attack): 'standard' = APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square
 (5000 queries); 'plus' = APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square (5000 queries),
 APGD-T, FAB-T; 'rand' = APGD-CE and APGD-DLR with 20 EOT iterations, for randomized models; 'custom' =
-the standard settings with an explicit `attacks_to_run`.
+the standard settings with an explicit `attacks_to_run`. Progress goes to `progress(attack, done, total)` during
+each attack (`progress`) and one line per finished attack to `log`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tf_fastbat.attacks.autoattack import checks
 from tf_fastbat.attacks.autoattack._utils import LogitsFn, as_inputs, batches, predict
 from tf_fastbat.attacks.autoattack.apgd import APGDAttack, APGDTargetedAttack, zero_gradient_message
 from tf_fastbat.attacks.autoattack.fab import FABAttack
+from tf_fastbat.attacks.autoattack.progress import AttackProgress, ProgressFn
 from tf_fastbat.attacks.autoattack.square import SquareAttack
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -29,7 +31,6 @@ VERSIONS: Dict[str, tuple] = {
 }
 N_TARGET_CLASSES = 9
 _MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclasses.dataclass
@@ -43,22 +44,28 @@ class AutoAttackResult:
     robust_mask: np.ndarray  # True where the example survived every attack (and was correctly classified)
     seconds_per_attack: Dict[str, float]
     warnings: List[str]
+    robust_masks: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # cumulative, after each attack
 
 
-def build_attacks(logits_fn: LogitsFn, eps: float, version: str, seed: int) -> Dict[str, object]:
-    """The attack objects with the hyper-parameters the reference's `set_version` assigns."""
+def build_attacks(logits_fn: LogitsFn, eps: float, version: str, seed: int,
+                  max_rows: int = 256) -> Dict[str, object]:
+    """The attack objects with the hyper-parameters the reference's `set_version` assigns; APGD and FAB batch at
+    most `max_rows` runs (points x restarts x target classes) at a time, Square about `max_rows` queries."""
     restarts = 5 if version == "plus" else 1
     eot_iter = 20 if version == "rand" else 1
     return {
-        "apgd-ce": APGDAttack(logits_fn, eps, "ce", n_iter=100, n_restarts=restarts, eot_iter=eot_iter, seed=seed),
+        "apgd-ce": APGDAttack(logits_fn, eps, "ce", n_iter=100, n_restarts=restarts, eot_iter=eot_iter, seed=seed,
+                              max_rows=max_rows),
         "apgd-dlr": APGDAttack(logits_fn, eps, "dlr", n_iter=100, n_restarts=restarts, eot_iter=eot_iter,
-                               seed=seed),
+                               seed=seed, max_rows=max_rows),
         "apgd-t": APGDTargetedAttack(logits_fn, eps, n_iter=100, n_restarts=1, n_target_classes=N_TARGET_CLASSES,
-                                     seed=seed),
-        "fab": FABAttack(logits_fn, eps, targeted=False, n_iter=100, n_restarts=restarts, seed=seed),
+                                     seed=seed, max_rows=max_rows),
+        "fab": FABAttack(logits_fn, eps, targeted=False, n_iter=100, n_restarts=restarts, seed=seed,
+                         max_rows=max_rows),
         "fab-t": FABAttack(logits_fn, eps, targeted=True, n_target_classes=N_TARGET_CLASSES, n_iter=100,
-                           n_restarts=1, seed=seed),
-        "square": SquareAttack(logits_fn, eps, n_queries=5000, p_init=0.8, n_restarts=1, seed=seed),
+                           n_restarts=1, seed=seed, max_rows=max_rows),
+        "square": SquareAttack(logits_fn, eps, n_queries=5000, p_init=0.8, n_restarts=1, seed=seed,
+                               max_rows=max_rows),
     }
 
 
@@ -92,49 +99,56 @@ def run_checks(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, attacks: Seque
 
 def run_autoattack(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float, *, version: str = "standard",
                    batch_size: int = 256, seed: int = 0, attacks_to_run: Optional[Sequence[str]] = None,
-                   verbose: bool = False, progress: Optional[ProgressFn] = None) -> AutoAttackResult:
+                   verbose: bool = False, progress: Optional[ProgressFn] = None,
+                   log: Optional[Callable[[str], None]] = None) -> AutoAttackResult:
     """Run AutoAttack (L-inf, radius `eps` as a fraction) on images x in [0, 1] with integer labels y.
 
-    `progress(attack, batches_done, n_batches)` is called after every batch if given.
+    `progress(attack, done, total)` is called when each attack starts (done = 0), after every block of its
+    iterations or queries, and when it ends (done = total); `log` gets one line per finished attack (robust
+    accuracy so far, seconds); `verbose` prints those lines and more.
     """
     x, y = as_inputs(x, y)
     attacks = _attack_list(version, attacks_to_run)
-    log = print if verbose else (lambda *args: None)
+    log = log or (print if verbose else None)
+    detail = print if verbose else (lambda *args: None)
     n = len(x)
     if n == 0:
         raise ValueError("run_autoattack needs at least one example")
     n_classes, found_warnings = run_checks(logits_fn, x, y, attacks, version, batch_size)
     robust = predict(logits_fn, x, batch_size) == y
     clean_accuracy = float(robust.mean())
-    log(f"AutoAttack {version}: {', '.join(attacks)}; eps={eps:.5f}; clean accuracy {clean_accuracy:.2%}")
-    attack_objects = build_attacks(logits_fn, eps, version, seed)
+    detail(f"AutoAttack {version}: {', '.join(attacks)}; eps={eps:.5f}; clean accuracy {clean_accuracy:.2%}")
+    attack_objects = build_attacks(logits_fn, eps, version, seed, max_rows=batch_size)
     x_adv = x.copy()
     per_attack: Dict[str, float] = {}
     seconds: Dict[str, float] = {}
+    masks: Dict[str, np.ndarray] = {}
     for name in attacks:
-        start = time.time()
+        start = time.perf_counter()
         index = np.flatnonzero(robust)
         if n_classes < _MIN_CLASSES.get(name, 2):
             found_warnings.append(f"{name} skipped: it needs at least {_MIN_CLASSES[name]} classes")
             index = index[:0]
+        meter = AttackProgress(progress, name, attack_objects[name].work(len(index), n_classes))
         n_zero = 0
         parts = list(batches(len(index), batch_size))
         for number, part in enumerate(parts):
             chosen = index[part]
-            adv, zeros = attack_objects[name].perturb(x[chosen], y[chosen], stream=(number,))
+            adv, zeros = attack_objects[name].perturb(x[chosen], y[chosen], stream=(number,), done=meter)
             n_zero += zeros
             fooled = predict(logits_fn, adv, batch_size) != y[chosen]
             robust[chosen[fooled]] = False
             x_adv[chosen[fooled]] = adv[fooled]
-            log(f"{name} - {number + 1}/{len(parts)} - {int(fooled.sum())} out of {len(chosen)} successfully "
+            detail(f"{name} - {number + 1}/{len(parts)} - {int(fooled.sum())} out of {len(chosen)} successfully "
                 "perturbed")
-            if progress is not None:
-                progress(name, number + 1, len(parts))
+        meter.finish()
         if n_zero and name in ("apgd-dlr", "apgd-t"):
             found_warnings.append(zero_gradient_message(n_zero))
         per_attack[name] = float(robust.mean())
-        seconds[name] = time.time() - start
-        log(f"robust accuracy after {name.upper()}: {per_attack[name]:.2%} (time {seconds[name]:.1f} s)")
+        masks[name] = robust.copy()
+        seconds[name] = time.perf_counter() - start
+        if log is not None:
+            log(f"robust accuracy after {name.upper()}: {per_attack[name]:.2%} ({seconds[name]:.1f} s)")
 
     square_warning = checks.check_square_sr({"clean": clean_accuracy, **per_attack})
     if square_warning:
@@ -144,9 +158,9 @@ def run_autoattack(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float
         found_warnings.append(f"adversarial examples leave the eps-ball or the box: max L-inf "
                               f"{perturbation.max():.6f}, range [{x_adv.min():.4f}, {x_adv.max():.4f}]")
     robust_accuracy = float(robust.mean())
-    log(f"max Linf perturbation: {perturbation.max():.5f}; robust accuracy: {robust_accuracy:.2%}")
+    detail(f"max Linf perturbation: {perturbation.max():.5f}; robust accuracy: {robust_accuracy:.2%}")
     for message in found_warnings:
-        log(f"Warning: {message}")
+        detail(f"Warning: {message}")
     return AutoAttackResult(x_adv=x_adv, robust_accuracy=robust_accuracy, clean_accuracy=clean_accuracy,
                             per_attack_robust_accuracy=per_attack, robust_mask=robust.copy(),
-                            seconds_per_attack=seconds, warnings=found_warnings)
+                            seconds_per_attack=seconds, warnings=found_warnings, robust_masks=masks)

@@ -6,19 +6,24 @@ projects both the current iterate and the original point onto that hyperplane wi
 (minimal L-inf step), and takes a convex combination biased towards the original point (alpha <= alpha_max),
 overshooting by eta. Once misclassified, the best (smallest L-inf) point is kept and the iterate steps back
 towards the original by the factor beta. A point counts as broken only if its best distance is <= eps.
+The loop is traced once and run in blocks of iterations (progress); target classes and restarts are runs
+batched together (`runs`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from tf_fastbat.attacks.autoattack._utils import (LogitsFn, as_inputs, batches, cached, derive_seed, linf,
-                                                  logits_numpy, per_example, predict, spec, target_labels)
+from tf_fastbat.attacks.autoattack._utils import (Engine, LogitsFn, as_inputs, batches, cached, derive_seed, linf,
+                                                  logits_numpy, per_example, predict, run_in_blocks, spec,
+                                                  target_labels, uniform_rows)
+from tf_fastbat.attacks.autoattack.runs import first_success, schedule
 
 _NO_ADV = 1e10
+BLOCK = 10  # iterations per traced call: a progress update every BLOCK iterations
 
 
 def project_linf_hyperplane(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -49,9 +54,10 @@ def project_linf_hyperplane(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tens
     return -tf.sign(w) * tf.minimum(lam[:, None], room)
 
 
-def _build_single_run(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], targeted: bool, n_iter: int,
-                      alpha_max: float, eta: float, beta: float) -> Callable:
-    """Trace one FAB run over a batch: returns (adversarial or original, best L-inf distance or 1e10)."""
+def _build_engine(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], targeted: bool, n_iter: int,
+                  alpha_max: float, eta: float, beta: float) -> Engine:
+    """Trace the FAB loop over a batch of runs; the final state holds `adv` (the closest adversarial point
+    found) and `best` (its L-inf distance, 1e10 if none) and `correct` (clean point correctly classified)."""
     rank = len(feature_shape) + 1
 
     def diffs_and_grads(x1, y, y_target):
@@ -83,15 +89,21 @@ def _build_single_run(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], targe
     def labels(images):
         return tf.argmax(tf.cast(logits_fn(images), tf.float32), axis=1, output_type=tf.int32)
 
-    def run(x, y, y_target, eps, seed, random_start):
+    def start(x, y, y_target, eps, init):
+        noise, random_start = init
+        batch = tf.shape(x)[0]
+        x_rand = tf.clip_by_value(x + 0.5 * eps * noise / per_example(linf(noise), rank), 0.0, 1.0)
+        x1 = tf.where(per_example(random_start, rank), x_rand, x)
+        return dict(i=tf.constant(0), x1=x1, adv=x, best=tf.fill([batch], _NO_ADV), correct=tf.equal(labels(x), y))
+
+    def steps(x, y, y_target, eps, state, n):
+        del eps
         batch = tf.shape(x)[0]
         x0 = tf.reshape(x, [batch, -1])
-        t = tf.random.stateless_uniform(tf.shape(x), seed=seed, minval=-1.0, maxval=1.0)
-        x_rand = tf.clip_by_value(x + 0.5 * eps * t / per_example(linf(t), rank), 0.0, 1.0)
-        x1 = tf.where(random_start, x_rand, x)
-        correct = tf.equal(labels(x), y)
+        end = tf.minimum(state["i"] + n, n_iter)
 
-        def body(i, x1, adv, best):
+        def body(s):
+            x1 = s["x1"]
             diff, grad_diff = diffs_and_grads(x1, y, y_target)
             dist = tf.abs(diff) / (1e-12 + tf.reduce_sum(tf.abs(grad_diff), axis=2))
             closest = tf.argmin(dist, axis=1, output_type=tf.int32)
@@ -106,20 +118,39 @@ def _build_single_run(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], targe
             x1 = tf.clip_by_value((x1 + eta * d1) * (1.0 - alpha) + (x + eta * d2) * alpha, 0.0, 1.0)
             is_adv = tf.not_equal(labels(x1), y)
             distance = linf(x1 - x)
-            better = tf.logical_and(is_adv, distance < best)
-            adv = tf.where(per_example(better, rank), x1, adv)
-            best = tf.where(better, distance, best)
+            better = tf.logical_and(is_adv, distance < s["best"])
+            adv = tf.where(per_example(better, rank), x1, s["adv"])
+            best = tf.where(better, distance, s["best"])
             x1 = tf.where(per_example(is_adv, rank), x + (x1 - x) * beta, x1)
-            return i + 1, x1, adv, best
+            return (dict(i=s["i"] + 1, x1=x1, adv=adv, best=best, correct=s["correct"]),)
 
-        _, _, adv, best = tf.while_loop(lambda i, *_: i < n_iter, body,
-                                        (tf.constant(0), x1, x, tf.fill([batch], _NO_ADV)))
-        success = tf.logical_and(correct, best < _NO_ADV)
-        return tf.where(per_example(success, rank), adv, x), tf.where(success, best, _NO_ADV)
+        return tf.while_loop(lambda s: s["i"] < end, body, (state,))[0]
 
-    sig = [spec(feature_shape), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
-           tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.bool)]
-    return tf.function(run, input_signature=sig)
+    image = spec(feature_shape)
+    inputs = [image, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
+    state = dict(i=tf.TensorSpec([], tf.int32), x1=image, adv=image, best=tf.TensorSpec([None], tf.float32),
+                 correct=tf.TensorSpec([None], tf.bool))
+    init = (image, tf.TensorSpec([None], tf.bool))  # U[-1, 1] noise and whether to start from it
+    return Engine(start=tf.function(start, input_signature=inputs + [init]),
+                  steps=tf.function(steps, input_signature=inputs + [state, tf.TensorSpec([], tf.int32)]))
+
+
+def _engine(logits_fn: LogitsFn, shape: Tuple[int, ...], targeted: bool, n_iter: int, alpha_max: float, eta: float,
+            beta: float) -> Engine:
+    return cached(logits_fn, ("fab", shape, targeted, n_iter, alpha_max, eta, beta),
+                  lambda: _build_engine(logits_fn, shape, targeted, n_iter, alpha_max, eta, beta))
+
+
+def _run(engine: Engine, x: np.ndarray, y: np.ndarray, y_target: np.ndarray, eps: float, noise: np.ndarray,
+         random_start: np.ndarray, n_iter: int, done: Callable[[int], None] = lambda k: None) -> Dict[str, np.ndarray]:
+    """One batch of FAB runs: `adv` (original where none found) and `distance` (L-inf, 1e10 if none)."""
+    inputs = (tf.constant(x, tf.float32), tf.constant(y, tf.int32), tf.constant(y_target, tf.int32),
+              tf.constant(eps, tf.float32))
+    init = (tf.constant(noise, tf.float32), tf.constant(random_start, tf.bool))
+    state = run_in_blocks(engine, inputs, init, n_iter, BLOCK, done)
+    success = state["correct"].numpy() & (state["best"].numpy() < _NO_ADV)
+    adv = np.where(success.reshape([-1] + [1] * (x.ndim - 1)), state["adv"].numpy(), x)
+    return {"adv": adv, "distance": np.where(success, state["best"].numpy(), _NO_ADV)}
 
 
 def fab_single_run(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float, targeted: bool = True,
@@ -128,12 +159,10 @@ def fab_single_run(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float
     """One FAB run on one batch: `adv` (original where none found) and `distance` (L-inf, 1e10 if none)."""
     x, y = as_inputs(x, y)
     shape = tuple(x.shape[1:])
-    run = cached(logits_fn, ("fab", shape, targeted, n_iter, alpha_max, eta, beta),
-                 lambda: _build_single_run(logits_fn, shape, targeted, n_iter, alpha_max, eta, beta))
-    y_target = y if y_target is None else np.asarray(y_target, np.int32)
-    adv, distance = run(tf.constant(x), tf.constant(y), tf.constant(y_target), tf.constant(eps, tf.float32),
-                        tf.constant(np.asarray(seed, np.int64)), tf.constant(random_start))
-    return {"adv": adv.numpy(), "distance": distance.numpy()}
+    noise = tf.random.stateless_uniform(x.shape, seed=np.asarray(seed, np.int64), minval=-1.0, maxval=1.0).numpy()
+    return _run(_engine(logits_fn, shape, targeted, n_iter, alpha_max, eta, beta), x, y,
+                y if y_target is None else np.asarray(y_target, np.int32), eps, noise,
+                np.full(len(x), random_start), n_iter)
 
 
 class FABAttack:
@@ -141,40 +170,46 @@ class FABAttack:
 
     def __init__(self, logits_fn: LogitsFn, eps: float, targeted: bool = True, n_target_classes: int = 9,
                  n_iter: int = 100, n_restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
-                 beta: float = 0.9, seed: int = 0):
+                 beta: float = 0.9, seed: int = 0, max_rows: int = 256):
         self.logits_fn, self.eps, self.targeted, self.n_target_classes = logits_fn, eps, targeted, n_target_classes
-        self.n_iter, self.n_restarts, self.seed = n_iter, n_restarts, seed
+        self.n_iter, self.n_restarts, self.seed, self.max_rows = n_iter, n_restarts, seed, max_rows
         self.alpha_max, self.eta, self.beta = alpha_max, eta, beta
 
-    def _attack_rounds(self, robust, logits, x, y, stream, target_rank):
-        """One pass over the restarts; updates `robust` and returns the broken points to write back."""
-        found = {}
-        for restart in range(self.n_restarts):
-            index = np.flatnonzero(robust)
-            if len(index) == 0:
-                break
-            y_target = target_labels(logits[index], target_rank) if self.targeted else None
-            out = fab_single_run(self.logits_fn, x[index], y[index], self.eps, self.targeted, y_target,
-                                 self.n_iter, derive_seed(self.seed, *stream, target_rank, restart),
-                                 random_start=restart > 0, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta)
-            adv = out["adv"]
-            within = np.abs(adv - x[index]).reshape(len(index), -1).max(axis=1) <= self.eps
-            fooled = (predict(self.logits_fn, adv, len(index)) != y[index]) & within
-            robust[index[fooled]] = False
-            found.update(zip(index[fooled].tolist(), adv[fooled]))
-        return found
+    def groups(self, n_classes: int) -> List[Tuple[int, int]]:
+        """(target rank, restart) of each group of runs, in the reference's order; rank 0 means untargeted."""
+        ranks = range(2, min(self.n_target_classes, n_classes - 1) + 2) if self.targeted else [0]
+        return [(rank, restart) for rank in ranks for restart in range(self.n_restarts)]
 
-    def perturb(self, x: np.ndarray, y: np.ndarray, stream: Tuple[int, ...] = ()) -> Tuple[np.ndarray, int]:
-        """Adversarial batch within eps (original where not broken); second value 0 (API parity with APGD)."""
+    def work(self, n_points: int, n_classes: int) -> int:
+        """Point-iterations needed for `n_points` correctly classified points (the progress total)."""
+        return n_points * len(self.groups(n_classes)) * self.n_iter
+
+    def perturb(self, x: np.ndarray, y: np.ndarray, stream: Tuple[int, ...] = (),
+                done: Callable[[int], None] = lambda k: None) -> Tuple[np.ndarray, int]:
+        """Adversarial batch within eps (original where not broken); second value 0 (API parity with APGD);
+        `done(k)` as point-iterations finish."""
         adv = x.copy()
         if len(x) == 0:
             return adv, 0
         logits = logits_numpy(self.logits_fn, x, len(x))
-        robust = logits.argmax(axis=1) == y
-        ranks = range(2, min(self.n_target_classes, logits.shape[1] - 1) + 2) if self.targeted else [0]
-        for target_rank in ranks:
-            for i, point in self._attack_rounds(robust, logits, x, y, stream, target_rank).items():
-                adv[i] = point
+        index = np.flatnonzero(logits.argmax(axis=1) == y)
+        groups = self.groups(logits.shape[1])
+        seeds = [derive_seed(self.seed, *stream, rank, restart) for rank, restart in groups]
+        targets = np.stack([target_labels(logits[index], rank) if rank else y[index] for rank, _ in groups])
+        restarts = np.array([restart for _, restart in groups])
+        shape = tuple(x.shape[1:])
+        engine = _engine(self.logits_fn, shape, self.targeted, self.n_iter, self.alpha_max, self.eta, self.beta)
+        broken = np.zeros(len(index), bool)
+        for rows in schedule(len(index), len(groups), self.max_rows, broken, lambda n: done(n * self.n_iter)):
+            chosen = index[rows.point]
+            noise = uniform_rows(seeds, len(index), shape, rows.group, rows.point)
+            out = _run(engine, x[chosen], y[chosen], targets[rows.group, rows.point], self.eps, noise,
+                       restarts[rows.group] > 0, self.n_iter, done=lambda k: done(k * len(rows)))
+            within = np.abs(out["adv"] - x[chosen]).reshape(len(rows), -1).max(axis=1) <= self.eps
+            fooled = (predict(self.logits_fn, out["adv"], len(rows)) != y[chosen]) & within
+            first = first_success(rows, fooled)
+            broken[rows.point[first]] = True
+            adv[index[rows.point[first]]] = out["adv"][first]
         return adv, 0
 
 
@@ -190,12 +225,13 @@ def fab_targeted(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float, 
                  n_iter: int = 100, n_restarts: int = 1, seed: int = 0, batch_size: int = 256) -> np.ndarray:
     """FAB-T (L-inf): adversarial examples within eps, the original where the attack fails."""
     attack = FABAttack(logits_fn, eps, targeted=True, n_target_classes=n_target_classes, n_iter=n_iter,
-                       n_restarts=n_restarts, seed=seed)
+                       n_restarts=n_restarts, seed=seed, max_rows=batch_size)
     return _run_batched(attack, x, y, batch_size)
 
 
 def fab(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float, n_iter: int = 100, n_restarts: int = 1,
         seed: int = 0, batch_size: int = 256) -> np.ndarray:
     """Untargeted FAB (L-inf): adversarial examples within eps, the original where the attack fails."""
-    attack = FABAttack(logits_fn, eps, targeted=False, n_iter=n_iter, n_restarts=n_restarts, seed=seed)
+    attack = FABAttack(logits_fn, eps, targeted=False, n_iter=n_iter, n_restarts=n_restarts, seed=seed,
+                       max_rows=batch_size)
     return _run_batched(attack, x, y, batch_size)
