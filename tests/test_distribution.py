@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # end to end: training subprocesses on logical devices and loopback workers
 GLOBAL_BATCH = 8
 STEPS = 3
 EPS = 8.0 / 255.0

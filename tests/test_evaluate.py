@@ -315,6 +315,7 @@ def models_dir(tmp_path_factory, cifar_slice):
     (["--model={workdir}", "--attacks=transfer"], "--attacks=transfer needs --surrogate"),
     (["--model={workdir}", "--aa_version=fast"], "--aa_version=fast: choose from standard, plus, rand"),
 ])
+@pytest.mark.slow
 def test_bad_input_gets_one_clear_line_and_exit_code_2(models_dir, args, message):
     root, _ = models_dir
     result = run_cli(*[a.format(workdir=root / "run1") for a in args], timeout=120)
@@ -322,6 +323,7 @@ def test_bad_input_gets_one_clear_line_and_exit_code_2(models_dir, args, message
     assert not (root / "run1" / "evaluation.json").exists()
 
 
+@pytest.mark.slow
 def test_a_saved_model_without_a_usable_signature_is_refused(models_dir):
     root, _ = models_dir
     result = run_cli(f"--model={root / 'no_signature'}", f"--dataset=npz:{SHARED_SLICE}", "--num_examples=8",
@@ -329,6 +331,7 @@ def test_a_saved_model_without_a_usable_signature_is_refused(models_dir):
     assert_one_line_error(result, "no signature 'serving_default'")
 
 
+@pytest.mark.slow
 def test_workdir_run_with_every_attack_writes_report_table_and_plots(models_dir, cifar_slice):
     root, cnn = models_dir
     workdir = root / "run1"
@@ -366,6 +369,7 @@ def test_workdir_run_with_every_attack_writes_report_table_and_plots(models_dir,
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and saved["plots"][kind] == str(png)
 
 
+@pytest.mark.slow
 def test_a_saved_model_is_evaluated_like_the_keras_model_it_came_from(models_dir, cifar_slice):
     from tf_fastbat.serving.loading import load_logits_fn
 
@@ -383,6 +387,7 @@ def test_a_saved_model_is_evaluated_like_the_keras_model_it_came_from(models_dir
 
 @pytest.mark.parametrize("model,expected", [("probabilities.keras", "probability distribution"),
                                             ("random_saved", "randomized defense")])
+@pytest.mark.slow
 def test_cli_warns_about_probabilities_and_random_models(models_dir, tmp_path, model, expected):
     root, _ = models_dir
     output = tmp_path / "out.json"

@@ -26,6 +26,7 @@ from tf_fastbat.serving.loading import load_logits_fn, load_metadata
 from tf_fastbat.serving.protocol import integer_versions
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+pytestmark = pytest.mark.slow  # end to end: exports, subprocesses, a fresh TensorFlow process
 EPS_255 = 1.0  # the measurement's eps: PGD breaks some but not all correctly classified examples of these models
 N = 64  # test examples measured
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -317,6 +317,7 @@ def convert(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_loadable_keras_model(zoo_preact, images, tmp_path):
     model, path = zoo_preact
     output = tmp_path / "out" / "preact18.keras"
@@ -332,6 +333,7 @@ def test_cli_writes_a_loadable_keras_model(zoo_preact, images, tmp_path):
     ("extra", "unexpected layer1.0.conv3.weight"),
     ("wrong_model", "does not hold a resnet18 (zoo layout)"),
 ])
+@pytest.mark.slow
 def test_cli_refuses_a_checkpoint_that_does_not_fit(zoo_preact, tmp_path, case, message):
     model, path = zoo_preact
     state = model.state_dict()
@@ -350,6 +352,7 @@ def test_cli_refuses_a_checkpoint_that_does_not_fit(zoo_preact, tmp_path, case, 
     assert "Traceback" not in result.stderr and not output.exists()
 
 
+@pytest.mark.slow
 def test_importing_the_package_and_the_command_does_not_import_torch():
     code = ("import sys, tf_fastbat.models, tf_fastbat.models.torch_import, tf_fastbat.convert; "
             "assert 'torch' not in sys.modules, 'torch imported'")

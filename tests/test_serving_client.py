@@ -24,7 +24,7 @@ from PIL import Image
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from conftest import ROOT
-from export import client
+from tf_fastbat.serving import client, protocol
 from tf_fastbat.serving import saved_model
 
 MODEL = "tiny"
@@ -377,7 +377,7 @@ def test_server_side_errors_come_back_as_serving_errors(served):
     # What another client could send: the in-graph check names the offending element.
     with pytest.raises(client.ServingError,
                        match=r"HTTP 400 .*must be a JPEG or PNG file; these indices are not:\] \[0\]"):
-        rest_client._send(client.BYTES_SIGNATURE, client.BYTES_INPUT, [b"plain text"])
+        rest_client._send(protocol.BYTES_SIGNATURE, protocol.BYTES_INPUT, [b"plain text"])
     # Valid images of the wrong size (the client was not told the model's input shape): the signature's own check.
     with pytest.raises(client.ServingError,
                        match=r"HTTP 400 .*images must be float32 \[batch, 32, 32, 3\] in \[0, 1\]; "
@@ -389,7 +389,7 @@ def test_server_side_errors_come_back_as_serving_errors(served):
     grpc_client = client.GrpcClient(rpc.target, MODEL)
     try:
         with pytest.raises(client.ServingError, match="gRPC INVALID_ARGUMENT .*must be a JPEG or PNG file"):
-            grpc_client._send(client.BYTES_SIGNATURE, client.BYTES_INPUT, [b"plain text"])
+            grpc_client._send(protocol.BYTES_SIGNATURE, protocol.BYTES_INPUT, [b"plain text"])
     finally:
         grpc_client.close()
     other = client.GrpcClient(rpc.target, "other")
@@ -568,7 +568,7 @@ def test_version_that_disappears_before_or_during_the_request_is_reported_or_rep
     # REST: the metadata call says 1; it is gone after the first of three batches; all three go again to 2.
     rest.faults = [None, None, replace_version(rest)]
     rest_client = client.RestClient(rest.url, MODEL)
-    with caplog.at_level("WARNING", logger="export.client"):
+    with caplog.at_level("WARNING", logger="tf_fastbat.serving.client"):
         outputs = rest_client.predict(images, batch_size=4)
     assert_matches(outputs, expected)
     assert rest_client.answered_version == 2
@@ -587,7 +587,7 @@ def test_version_that_disappears_before_or_during_the_request_is_reported_or_rep
     caplog.clear()
     grpc_client = client.GrpcClient(rpc.target, MODEL)
     try:
-        with caplog.at_level("WARNING", logger="export.client"):
+        with caplog.at_level("WARNING", logger="tf_fastbat.serving.client"):
             assert_matches(grpc_client.predict(images), expected)
         assert [r.model_spec.version.value for r in rpc.requests] == [1, 2]
         assert grpc_client.answered_version == 2 and len(caplog.records) == 1
