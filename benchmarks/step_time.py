@@ -64,10 +64,9 @@ def build_trainer(method_name: str, width: float, batch_size: int, mixed_precisi
                   steps_per_epoch: int):
     """Classifier, method, optimizer and AdversarialTrainer exactly as tf_fastbat.train assembles them."""
     import keras
-    import numpy as np
 
     from tf_fastbat import data, methods, models, optim
-    from tf_fastbat.trainer import AdversarialTrainer
+    from tf_fastbat.trainer import assemble, sgd
 
     keras.mixed_precision.set_global_policy(mixed_precision)
     source = data.load(SLICE)
@@ -75,16 +74,11 @@ def build_trainer(method_name: str, width: float, batch_size: int, mixed_precisi
                               source.mean, source.std)
     hparams = {"eps": EPS, **({"steps": 2} if method_name == "pgd" else {})}
     method = methods.build(method_name, **hparams)
-    trainer = AdversarialTrainer(classifier, method, seed=0)
     schedule = optim.schedule("cyclic", epochs=20, steps_per_epoch=steps_per_epoch, lr_max=0.2)
     momentum = optim.momentum_schedule("cyclic", momentum=0.9, cycle_momentum=True, epochs=20,
                                        steps_per_epoch=steps_per_epoch)
-    optimizer = optim.CoupledSGD(schedule, momentum=momentum, l2=5e-4)
-    if mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    trainer.compile(optimizer=optimizer, jit_compile=jit_compile)
-    trainer(np.zeros((1, *source.image_shape), np.float32))
-    optimizer.build(classifier.trainable_variables)
+    trainer = assemble(classifier, method, sgd(schedule, momentum, 5e-4, mixed_precision), seed=0,
+                       jit_compile=jit_compile)
     return trainer, source
 
 

@@ -72,15 +72,12 @@ def train(strategy, kind: str, method: str, hparams: Dict) -> List[np.ndarray]:
     """The weights (BatchNorm's moving averages included) after each of STEPS steps of AdversarialTrainer.fit."""
     import keras
 
-    from tf_fastbat import methods, optim
-    from tf_fastbat.trainer import AdversarialTrainer
+    from tf_fastbat import methods
+    from tf_fastbat.trainer import assemble, sgd
 
     with strategy.scope():
         classifier = build_classifier(kind)
-        trainer = AdversarialTrainer(classifier, methods.build(method, **hparams), seed=11)
-        trainer.compile(optimizer=optim.CoupledSGD(0.5, momentum=0.9, l2=5e-4))
-        trainer(np.zeros((1, 8, 8, 3), np.float32))  # built before fit, as train.py does
-        trainer.optimizer.build(classifier.trainable_variables)
+        trainer = assemble(classifier, methods.build(method, **hparams), sgd(0.5, 0.9, 5e-4), seed=11)
     snapshots = []
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(
         np.concatenate([v.numpy().ravel() for v in classifier.weights])))

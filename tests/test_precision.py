@@ -13,7 +13,6 @@ from tensorflow.python.framework import config as tf_config
 
 from tf_fastbat import methods, optim
 from tf_fastbat import trainer as trainer_module
-from tf_fastbat.trainer import AdversarialTrainer
 
 EPS = 8.0 / 255.0
 LOSS_SCALE = 2.0 ** 15  # Keras' initial dynamic loss scale
@@ -162,8 +161,8 @@ def test_fast_at_ga_under_float16_with_loss_scaling_stays_finite_and_close(regim
 def train_weights(method_name, optimizer_factory, policy="float32", jit_compile=False, steps=2):
     """Weights after `steps` AdversarialTrainer steps on a fixed batch (the real compiled train step)."""
     classifier = tiny_classifier(policy)
-    trainer = AdversarialTrainer(classifier, methods.build(method_name, eps=EPS), seed=3)
-    trainer.compile(optimizer=optimizer_factory(), jit_compile=jit_compile)
+    trainer = trainer_module.assemble(classifier, methods.build(method_name, eps=EPS), optimizer_factory(), seed=3,
+                                      jit_compile=jit_compile)
     assert trainer.jit_compile is jit_compile  # Keras silently drops XLA in some set-ups (op determinism)
     x, y, _ = batch(seed=5)
     initial = flat(classifier.trainable_variables)

@@ -10,8 +10,9 @@ from typing import Dict, Optional
 import keras
 import numpy as np
 
-from tf_fastbat.attacks.pgd import PGD
+from tf_fastbat.attacks.pgd import PGDAttack
 from tf_fastbat.checkpoints import read_json, save_model_atomic, write_json_atomic
+from tf_fastbat.evaluation import classifier_logits, robustness
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,8 +62,9 @@ class RobustValidation(keras.callbacks.Callback):
         self.classifier = classifier
         self.checkpoint_dir = checkpoint_dir
         self.x_val, self.y_val = x_val, y_val
-        self.eps, self.steps, self.restarts, self.seed = eps, steps, restarts, seed
-        self.pgd = PGD(lambda images: self.classifier(images, training=False), batch_size)
+        self.eps, self.batch_size = eps, batch_size
+        self.pgd = PGDAttack(steps, restarts, seed=seed, batch_size=batch_size)
+        self.logits_fn = classifier_logits(classifier)
         self.state_path = os.path.join(checkpoint_dir, "best.json")
 
     def on_epoch_end(self, epoch, logs=None):
@@ -70,9 +72,8 @@ class RobustValidation(keras.callbacks.Callback):
         save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, "last.keras"))
         if self.x_val is None or not len(self.x_val):
             return
-        clean = float(np.mean(self.pgd.predict(self.x_val) == self.y_val))
-        robust = float(np.mean(self.pgd.robust_mask(self.x_val, self.y_val, self.eps, self.steps, self.restarts,
-                                                    seed=self.seed)))
+        measured = robustness(self.logits_fn, self.x_val, self.y_val, [self.eps], [self.pgd], self.batch_size)
+        clean, (robust,) = measured["clean_accuracy"], measured["robust_accuracy"][self.pgd.name].values()
         logs["val_clean_accuracy"], logs["val_robust_accuracy"] = clean, robust
         best = read_json(self.state_path, {"val_robust_accuracy": -1.0})
         if robust > best["val_robust_accuracy"]:

@@ -41,13 +41,12 @@ def run(f=FLAGS) -> dict:
     """Train, keep best and last checkpoints, evaluate both on the test split, write report.json."""
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from tf_fastbat import (backup, callbacks as cb, data, distribution, evaluation, interrupt, methods, models,
                             optim, report, resume)
     from tf_fastbat.checkpoints import write_json_atomic, read_json
     from tf_fastbat.metrics import GradientAlignmentLogger
-    from tf_fastbat.trainer import AdversarialTrainer
+    from tf_fastbat.trainer import assemble, sgd
 
     strategy = distribution.strategy_for(f.distribution)  # before any other TF op (multi-worker needs it)
     _configure_runtime(f)
@@ -76,19 +75,14 @@ def run(f=FLAGS) -> dict:
                                   source.image_shape, source.mean, source.std)
         if f.sync_batch_norm == "true" or (f.sync_batch_norm == "auto" and strategy.num_replicas_in_sync > 1):
             distribution.synchronize_batch_norm(classifier)
-        trainer = AdversarialTrainer(classifier, method, seed=f.seed)
         lr = optim.schedule(f.lr_schedule, epochs=f.epochs, steps_per_epoch=steps_per_epoch, lr_max=f.lr_max,
                             lr_min=f.lr_min, cyclic_milestone=f.cyclic_milestone,
                             key_epochs=[int(e) for e in f.key_epochs], decay=f.lr_decay_rate)
         momentum = optim.momentum_schedule(f.lr_schedule, momentum=f.momentum, cycle_momentum=f.cycle_momentum,
                                            base_momentum=f.base_momentum, epochs=f.epochs,
                                            steps_per_epoch=steps_per_epoch, cyclic_milestone=f.cyclic_milestone)
-        optimizer = optim.CoupledSGD(lr, momentum=momentum, l2=f.weight_decay)
-        if f.mixed_precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        trainer.compile(optimizer=optimizer, jit_compile=f.jit_compile)
-        trainer(np.zeros((1, *source.image_shape), np.float32))  # built, so that a backup can be restored
-        optimizer.build(classifier.trainable_variables)
+        trainer = assemble(classifier, method, sgd(lr, momentum, f.weight_decay, f.mixed_precision), seed=f.seed,
+                           jit_compile=f.jit_compile)
 
     log_path = os.path.join(workdir, "training_log.csv")
     state = resume.RunState(trainer, strategy, checkpoint_dir, log_path, f.batch_size, steps_per_epoch)

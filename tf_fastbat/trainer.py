@@ -117,3 +117,22 @@ class AdversarialTrainer(keras.Model):
         if not multi_worker:
             return logs
         return {name: tf.reshape(tf.cast(value, tf.float32), [1]) for name, value in logs.items()}
+
+
+def sgd(learning_rate, momentum, weight_decay: float, mixed_precision: str = "float32") -> keras.optimizers.Optimizer:
+    """The paper's optimizer (torch's SGD rule), wrapped in loss scaling under mixed_float16."""
+    from tf_fastbat.optim import CoupledSGD
+
+    optimizer = CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
+    return keras.optimizers.LossScaleOptimizer(optimizer) if mixed_precision == "mixed_float16" else optimizer
+
+
+def assemble(classifier: keras.Model, method: Method, optimizer, *, seed: int, jit_compile: bool = False
+             ) -> AdversarialTrainer:
+    """The compiled trainer with classifier and optimizer built (inside the strategy's scope, if any), so that a
+    backup restores into it and Keras has no symbolic build left to do."""
+    trainer = AdversarialTrainer(classifier, method, seed=seed)
+    trainer.compile(optimizer=optimizer, jit_compile=jit_compile)
+    trainer(tf.zeros((1, *classifier.input_shape[1:]), tf.float32))
+    optimizer.build(classifier.trainable_variables)
+    return trainer
