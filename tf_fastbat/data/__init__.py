@@ -11,8 +11,6 @@ import tensorflow as tf
 from tf_fastbat.data import pipeline
 from tf_fastbat.data.sources import DataError, Source, load
 
-BUNDLED_SLICE = "tf_fastbat/data/cifar10_slice.npz"
-
 
 @dataclasses.dataclass
 class Splits:
@@ -81,4 +79,4 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
                   lambda start: train.repeat().skip(start))
 
 
-__all__ = ["load", "splits", "Splits", "Source", "DataError", "BUNDLED_SLICE"]
+__all__ = ["load", "splits", "Splits", "Source", "DataError"]
