@@ -101,8 +101,8 @@ def time_autoattack(logits_fn, x, y, eps: float, seed: int, batch_size: int, rep
     if len(calls) > 1:
         warm = calls[1:]
         out["warm_seconds_median"] = round(statistics.median(c["seconds"] for c in warm), 2)
-        out["warm_seconds_per_attack_median"] = {
-            k: round(statistics.median(c["seconds_per_attack"][k] for c in warm), 2) for k in first["seconds_per_attack"]}
+        out["warm_seconds_per_attack_median"] = {k: round(statistics.median(c["seconds_per_attack"][k] for c in warm), 2)
+                                                 for k in first["seconds_per_attack"]}
     return out
 
 

@@ -383,8 +383,8 @@ def test_square_speculative_queries_are_the_sequential_search():
     fn = lambda images: tf.reshape(tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "VALID")), [-1, 144]) @ dense
     x = rng.uniform(0, 1, size=(10, 8, 8, 3)).astype(np.float32)
     y = fn(tf.constant(x)).numpy().argmax(axis=1).astype(np.int32)
-    sequential = square_single_run(fn, x, y, 8 / 255, n_queries=300, seed=(2, 0), max_rows=1)
-    speculative = square_single_run(fn, x, y, 8 / 255, n_queries=300, seed=(2, 0))
+    sequential = square_single_run(fn, x, y, 0.05, n_queries=300, seed=(2, 0), max_rows=1)
+    speculative = square_single_run(fn, x, y, 0.05, n_queries=300, seed=(2, 0))
     assert 0 < (sequential["margin_min"] <= 0).sum() < len(x)
     for key in sequential:
         np.testing.assert_array_equal(speculative[key], sequential[key], err_msg=key)

@@ -87,6 +87,10 @@ def test_backups_keep_the_newest_two_and_a_corrupt_newest_one_falls_back_to_the_
         with pytest.raises(backup.BackupError, match=f"no readable backup in {copy}"):
             backup.newest(str(copy), warnings.append)
     assert backup.newest(str(tmp_path / "none"), warnings.append) is None
+    os.makedirs(tmp_path / "keras")
+    (tmp_path / "keras" / "training_metadata.json").write_text('{"epoch": 3}')
+    with pytest.raises(backup.BackupError, match="Keras BackupAndRestore backup of an older tf_fastbat"):
+        backup.newest(str(tmp_path / "keras"), warnings.append)
 
 
 @pytest.mark.parametrize("drop_remainder", [False, True])

@@ -22,6 +22,7 @@ FORMAT = 1
 _NAME = re.compile(r"step-(\d{10})")
 _ARRAYS = "variables.npz"
 _MANIFEST = "manifest.json"
+_KERAS_METADATA = "training_metadata.json"  # what keras.callbacks.BackupAndRestore wrote before
 
 
 class BackupError(UsageError):
@@ -155,6 +156,9 @@ def newest(directory: str, warn: Callable[[str], None]) -> Optional[Backup]:
     A folder of backups none of which reads is a BackupError: starting over would silently discard the run.
     """
     candidates = folders(directory)
+    if not candidates and os.path.exists(os.path.join(directory, _KERAS_METADATA)):
+        raise BackupError(f"{directory} holds a Keras BackupAndRestore backup of an older tf_fastbat, which did not "
+                          "record the data position; move that folder away to start the run over")
     for index, path in enumerate(candidates):
         try:
             return read(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -187,7 +188,7 @@ class Agreement:
     def __call__(self, save: bool, signum: Optional[int]) -> Tuple[bool, Optional[int]]:
         total = self.strategy.experimental_local_results(
             self._sum(tf.constant([float(save), float(signum is not None)])))[0].numpy()
-        stop = signum if signum is not None else (interrupt.signal.SIGTERM if total[1] > 0 else None)
+        stop = signum if signum is not None else (signal.SIGTERM if total[1] > 0 else None)  # a peer's signal
         return bool(total[0] > 0), stop
 
 

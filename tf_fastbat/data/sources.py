@@ -126,9 +126,10 @@ def load_tfds(name: str, data_dir: Optional[str], manual_dir: Optional[str], ima
         return Source(name=name, num_classes=len(class_names), class_names=class_names,
                       image_shape=(image_size, image_size, 3), mean=mean, std=std)
     splits = {}
-    for split in ("train", "test"):
-        x, y = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-        splits[split] = (x.astype(np.uint8), y.astype(np.int64))
+    for split in ("train", "test"):  # in blocks: a split as one batch (batch_size=-1) aborts under mock_data
+        blocks = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096, as_supervised=True)))
+        splits[split] = (np.concatenate([x for x, _ in blocks]).astype(np.uint8),
+                         np.concatenate([y for _, y in blocks]).astype(np.int64))
     return Source(name=name, num_classes=len(class_names), class_names=class_names,
                   image_shape=tuple(splits["train"][0].shape[1:]), mean=mean, std=std,
                   x_train=splits["train"][0], y_train=splits["train"][1],

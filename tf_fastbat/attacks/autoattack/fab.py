@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_fastbat.attacks.autoattack._utils import (Engine, LogitsFn, as_inputs, batches, cached, derive_seed, linf,
-                                                  logits_numpy, per_example, predict, run_in_blocks, spec,
-                                                  target_labels, uniform_rows)
+                                                  logits_fn_graph, logits_numpy, per_example, predict, run_in_blocks,
+                                                  spec, target_labels, uniform_rows)
 from tf_fastbat.attacks.autoattack.runs import first_success, schedule
 
 _NO_ADV = 1e10
@@ -37,15 +37,15 @@ def project_linf_hyperplane(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tens
     flip = tf.where(c >= 0.0, 1.0, -1.0)
     w, c = w * flip[:, None], c * flip  # now c >= 0 and <w, t + d> must decrease by c
     room = tf.where(w > 0.0, t, 1.0 - t)
-    order = tf.argsort(room, axis=1)
-    room_sorted = tf.gather(room, order, batch_dims=1)
+    dim = tf.shape(t)[1]
+    negated, order = tf.math.top_k(-room, k=dim)  # tf.argsort's own kernel, keeping the sorted values
+    room_sorted = -negated
     weight_sorted = tf.gather(tf.abs(w), order, batch_dims=1)
     cum_wr = tf.cumsum(weight_sorted * room_sorted, axis=1)
     cum_w = tf.cumsum(weight_sorted, axis=1)
     total_w = cum_w[:, -1:]
     g_at_breaks = cum_wr + room_sorted * (total_w - cum_w)
     n_below = tf.reduce_sum(tf.cast(g_at_breaks < c[:, None], tf.int32), axis=1)
-    dim = tf.shape(t)[1]
     prev = tf.maximum(n_below - 1, 0)
     cum_wr_prev = tf.where(n_below > 0, tf.gather(cum_wr, prev, batch_dims=1), 0.0)
     cum_w_prev = tf.where(n_below > 0, tf.gather(cum_w, prev, batch_dims=1), 0.0)
@@ -59,6 +59,7 @@ def _build_engine(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], targeted:
     """Trace the FAB loop over a batch of runs; the final state holds `adv` (the closest adversarial point
     found) and `best` (its L-inf distance, 1e10 if none) and `correct` (clean point correctly classified)."""
     rank = len(feature_shape) + 1
+    shared_logits = logits_fn_graph(logits_fn, feature_shape)
 
     def diffs_and_grads(x1, y, y_target):
         """Logit differences f_j - f_y at x1 and their input gradients, flattened: [B, C], [B, C, D]."""
@@ -94,7 +95,8 @@ def _build_engine(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], targeted:
         batch = tf.shape(x)[0]
         x_rand = tf.clip_by_value(x + 0.5 * eps * noise / per_example(linf(noise), rank), 0.0, 1.0)
         x1 = tf.where(per_example(random_start, rank), x_rand, x)
-        return dict(i=tf.constant(0), x1=x1, adv=x, best=tf.fill([batch], _NO_ADV), correct=tf.equal(labels(x), y))
+        clean = tf.argmax(shared_logits(x), axis=1, output_type=tf.int32)  # the already traced forward
+        return dict(i=tf.constant(0), x1=x1, adv=x, best=tf.fill([batch], _NO_ADV), correct=tf.equal(clean, y))
 
     def steps(x, y, y_target, eps, state, n):
         del eps

@@ -20,8 +20,8 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tf_fastbat.attacks.autoattack._utils import (Engine, LogitsFn, as_inputs, batches, cached, derive_seed, predict,
-                                                  spec)
+from tf_fastbat.attacks.autoattack._utils import (Engine, LogitsFn, as_inputs, batches, cached, derive_seed,
+                                                  logits_fn_graph, predict, spec)
 
 P_SCHEDULE_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 BLOCK = 100  # queries per traced call: a progress update every BLOCK queries
@@ -58,6 +58,7 @@ def _build_engine(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], n_queries
     if len(feature_shape) != 3:
         raise ValueError(f"Square Attack needs NHWC images, got per-example shape {feature_shape}")
     h, w, c = feature_shape
+    shared_logits = logits_fn_graph(logits_fn, feature_shape)  # already traced: the start adds no trace
 
     def margin_of(images, labels):
         return margin(tf.cast(logits_fn(images), tf.float32), labels)
@@ -79,8 +80,8 @@ def _build_engine(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], n_queries
         n = tf.shape(x)[0]
         x_best = tf.clip_by_value(x + eps * random_sign([n, 1, w, c], seed), 0.0, 1.0)  # vertical stripes
         corner, signs = draws(seed, n)
-        return dict(x_best=x_best, margin_min=margin_of(x_best, y), q=tf.zeros([n], tf.int32), corner=corner,
-                    signs=signs)
+        return dict(x_best=x_best, margin_min=margin(shared_logits(x_best), y), q=tf.zeros([n], tf.int32),
+                    corner=corner, signs=signs)
 
     def steps(x, y, eps, state, n_steps):
         rows = tf.range(h)[None, :, None, None]
