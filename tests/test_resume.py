@@ -28,6 +28,8 @@ import pytest
 
 from conftest import BUNDLED_SLICE, ROOT
 
+pytestmark = pytest.mark.slow  # end to end: training subprocesses
+
 STEPS, EPOCHS, EVERY = 8, 2, 2
 TINY = [f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32", f"--steps_per_epoch={STEPS}",
         f"--epochs={EPOCHS}", f"--backup_every_steps={EVERY}", "--backup_every_seconds=0", "--es_attack_step=2",
@@ -380,6 +382,7 @@ def assert_stopped_mid_epoch(outcome: dict, epoch: int) -> None:
     assert state["epoch"] == epoch and 0 < state["step"] < STEPS, f"not stopped mid-epoch {epoch + 1}: {outcome}"
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_backup_at_the_next_step_and_exits_143_with_one_line(single):
     base, results = single
     sigterm = result_of(results, "fast_bat")["stops"][0]
@@ -393,6 +396,7 @@ def test_sigterm_writes_a_backup_at_the_next_step_and_exits_143_with_one_line(si
     assert state["step"] > awaited, "the backup must be the one the signal asked for, after the awaited one"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fast_bat", "fast_at"])
 def test_run_killed_mid_epoch_and_rerun_equals_an_unbroken_run(single, method):
     base, results = single
@@ -408,6 +412,7 @@ def test_run_killed_mid_epoch_and_rerun_equals_an_unbroken_run(single, method):
     assert_same_run(base / method, reference)
 
 
+@pytest.mark.slow
 def test_kill_between_the_early_stopping_checkpoint_and_the_backup_restores_the_earlier_best(single):
     """best.json and best.keras of epoch 1 were on disk, the newest backup (mid-epoch 1) has no best yet: the rerun
     must drop them and redo epoch 1's end, as the final comparison with the unbroken run checks."""
@@ -419,6 +424,7 @@ def test_kill_between_the_early_stopping_checkpoint_and_the_backup_restores_the_
     assert_same_run(base / "fast_at", base / "unbroken-fast_at")
 
 
+@pytest.mark.slow
 def test_truncated_newest_backup_falls_back_to_the_previous_one_with_one_warning(single):
     base, results = single
     chain = result_of(results, "fast_bat")
@@ -471,6 +477,7 @@ def stop_workers_and_rerun(workdir, args) -> dict:
     return {"state": state, "reruns": [stderr_of(workdir, f"rerun{i}.txt") for i in range(2)]}
 
 
+@pytest.mark.slow
 def test_two_workers_one_killed_mid_epoch_rerun_equals_unbroken_two_worker_run(tmp_path):
     """Without the held-out split (no early stopping: that is tested above) to keep the four processes cheap."""
     args = ["--method=fast_at", "--val_ratio=0", *TINY]

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import BUNDLED_SLICE, ROOT
 
+pytestmark = pytest.mark.slow  # end to end: training subprocesses
+
 TINY = [f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32", "--steps_per_epoch=2",
         "--es_attack_step=2", "--es_restarts=1", "--es_num_examples=32", "--eval_attack_step=3",
         "--eval_restarts=1", "--eval_num_examples=64", "--tensorboard=false"]
@@ -49,6 +51,7 @@ def test_unknown_method_is_refused_by_the_flag_parser(tmp_path):
     assert result.returncode != 0 and "--method" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # end to end: a training subprocess
 def test_short_fast_bat_run_writes_checkpoints_log_and_report(tmp_path):
     result = train(f"--workdir={tmp_path}", "--method=fast_bat", "--epochs=2", f"--export_dir={tmp_path / 'exports'}",
                    *TINY)
@@ -71,6 +74,7 @@ def test_short_fast_bat_run_writes_checkpoints_log_and_report(tmp_path):
     assert all((tmp_path / "exports" / "tf_fastbat" / v / "saved_model.pb").exists() for v in versions)
 
 
+@pytest.mark.slow  # end to end: a training subprocess
 def test_nan_loss_stops_with_one_line_and_keeps_no_nan_checkpoint(tmp_path):
     result = train(f"--workdir={tmp_path}", "--method=fast_at", "--epochs=2", "--lr_max=1e12", "--backup_every_steps=1",
                    *TINY, check=False)
