@@ -28,8 +28,6 @@ import pytest
 
 from conftest import BUNDLED_SLICE, ROOT
 
-pytestmark = pytest.mark.slow  # end to end: training subprocesses
-
 STEPS, EPOCHS, EVERY = 8, 2, 2
 TINY = [f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32", f"--steps_per_epoch={STEPS}",
         f"--epochs={EPOCHS}", f"--backup_every_steps={EVERY}", "--backup_every_seconds=0", "--es_attack_step=2",

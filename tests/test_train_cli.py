@@ -12,8 +12,6 @@ import pytest
 
 from conftest import BUNDLED_SLICE, ROOT
 
-pytestmark = pytest.mark.slow  # end to end: training subprocesses
-
 TINY = [f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32", "--steps_per_epoch=2",
         "--es_attack_step=2", "--es_restarts=1", "--es_num_examples=32", "--eval_attack_step=3",
         "--eval_restarts=1", "--eval_num_examples=64", "--tensorboard=false"]
