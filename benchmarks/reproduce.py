@@ -190,8 +190,9 @@ class Evaluator:
             if want_aa:
                 n = self.aa_examples
                 aa = AutoAttack(seed=cell.seed).attack(logits_fn, x[:n], y[:n], cell.eps / 255.0).details
-                entry["autoattack"] = {"robust_accuracy": aa["robust_accuracy"], "clean_accuracy": aa["clean_accuracy"],
-                                       "num_examples": n, "seconds": time.perf_counter() - start}
+                entry["autoattack"] = {"robust_accuracy": aa["robust_accuracy"],
+                                       "clean_accuracy": aa["clean_accuracy"], "num_examples": n,
+                                       "seconds": time.perf_counter() - start}
             if want_aa or want_subset:
                 self._pgd_on_aa_subset(entry, logits_fn, x, y, cell)
             if want_sweep:

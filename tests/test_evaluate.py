@@ -153,6 +153,7 @@ def test_at_eps_zero_robust_accuracy_equals_clean_accuracy(binary_problem):
 def test_transfer_from_the_model_itself_is_the_white_box_optimum_and_from_its_mirror_breaks_nothing(binary_problem):
     w, b, x, y, eps = binary_problem
     victim = linear_fn(w, b)
+
     def transfer_robust_mask(surrogate, victim, x, y, eps, steps, seed):
         return TransferAttack(surrogate, "surrogate", steps, seed=seed).robust_mask(victim, x, y, eps)
 

@@ -275,8 +275,8 @@ def test_batch_norm_moving_averages_equal_the_official_sequence(case, graph, rea
     method = methods.build(name, **hparams)
     step = tf.function(method.step) if graph else method.step
     step(model, x, y, noise)
-    for (mean, variance), (expected_mean, expected_variance), (old_mean, _) in zip(moving_averages(model), expected,
-                                                                                 before):
+    after = moving_averages(model)
+    for (mean, variance), (expected_mean, expected_variance), (old_mean, _) in zip(after, expected, before):
         assert np.abs(expected_mean - old_mean).max() > 1e-3, "the step must move the averages"
         # float32 batch means over 16,384 values carry ~1e-6 of rounding; a wrong sequence is off by ~5e-2.
         np.testing.assert_allclose(mean, expected_mean, rtol=1e-5, atol=1e-6)

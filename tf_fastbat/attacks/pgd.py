@@ -105,5 +105,5 @@ class PGDAttack(Attack):
 
     def attack(self, logits_fn, x, y, eps, progress=None) -> Outcome:
         callback = restart_progress(progress, self.name, len(x), self.restarts)
-        return Outcome(self._engine(logits_fn).robust_mask(x, y, eps, self.steps, self.restarts, self.step_size,
-                                                            self.seed, callback))
+        engine = self._engine(logits_fn)
+        return Outcome(engine.robust_mask(x, y, eps, self.steps, self.restarts, self.step_size, self.seed, callback))

@@ -55,5 +55,5 @@ class TransferAttack(Attack):
 
     def attack(self, logits_fn, x, y, eps, progress=None) -> Outcome:
         callback = restart_progress(progress, self.name, len(x), self.restarts)
-        return Outcome(self._engine(logits_fn).robust_mask(x, y, eps, self.steps, self.restarts, seed=self.seed,
-                                                            progress=callback))
+        engine = self._engine(logits_fn)
+        return Outcome(engine.robust_mask(x, y, eps, self.steps, self.restarts, seed=self.seed, progress=callback))

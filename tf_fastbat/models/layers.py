@@ -11,7 +11,6 @@ from tf_fastbat.models.batch_norm import BatchNorm
 ACTIVATIONS = ("relu", "softplus", "swish")
 
 
-
 def torch_default_init() -> keras.initializers.Initializer:
     """PyTorch's default Conv/Linear init (kaiming_uniform, a=sqrt(5)) = U(+-1/sqrt(fan_in)).
 

@@ -7,7 +7,6 @@ import keras
 from tf_fastbat.models.layers import activation, batch_norm, classifier_head, conv, he_normal, scaled
 
 
-
 def _basic_unit(x, channels, dropout, act, prefix):
     out = activation(act)(batch_norm(f"{prefix}_bn1")(x))
     out = conv(channels, 3, 1, name=f"{prefix}_conv1", initializer=he_normal)(out)
