@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Callable, Dict, Hashable, Iterator, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -55,24 +55,41 @@ def uniform_rows(seeds: Sequence[np.ndarray], n_points: int, feature_shape: Tupl
 
 @dataclasses.dataclass(frozen=True)
 class Engine:
-    """A traced attack loop run in blocks, so that callers see progress: start(*inputs, init) -> state;
-    steps(*inputs, state, n) -> the state after n more iterations (fewer at the end of the budget)."""
+    """A traced attack loop over a batch of rows, run in blocks so that callers see progress:
+    start(*inputs, init) -> state; steps(*inputs, state, n) -> the state after n more iterations (fewer at the end
+    of the budget). `row_axes` names each state entry's row axis (None: shared by all rows)."""
 
     start: Callable
     steps: Callable
+    row_axes: Mapping[str, Optional[int]]
 
 
 def run_in_blocks(engine: Engine, inputs: Tuple[tf.Tensor, ...], init, n_iter: int, block: int,
-                  done: Callable[[int], None]) -> Dict[str, tf.Tensor]:
-    """All `n_iter` iterations of `engine`, `block` per call; `done(k)` after each call that ran k iterations."""
-    state = engine.start(*inputs, init)
-    finished = 0
+                  done: Callable[[int], None],
+                  needed: Optional[Callable[[Dict[str, tf.Tensor], np.ndarray], np.ndarray]] = None
+                  ) -> Tuple[Dict[str, tf.Tensor], np.ndarray]:
+    """All `n_iter` iterations of `engine`, `block` per call: (final state, indices of the rows it holds).
+
+    After each call, `needed(state, kept)` may say which of the `kept` rows still matter; the others leave the
+    batch there (rows are independent, so the rest is unchanged). `done(k)` counts finished row-iterations.
+    """
+    state, kept, finished = engine.start(*inputs, init), np.arange(int(inputs[0].shape[0])), 0
     while finished < n_iter:
         k = min(block, n_iter - finished)
         state = engine.steps(*inputs, state, tf.constant(k, tf.int32))
         finished += k
-        done(k)
-    return state
+        done(k * len(kept))
+        if needed is None or finished == n_iter:
+            continue
+        keep = needed(state, kept)
+        if not keep.all():
+            done((n_iter - finished) * int((~keep).sum()))
+            index = tf.constant(np.flatnonzero(keep))
+            state = {name: value if engine.row_axes[name] is None else
+                     tf.gather(value, index, axis=engine.row_axes[name]) for name, value in state.items()}
+            inputs = tuple(tf.gather(value, index) if value.shape.rank else value for value in inputs)
+            kept = kept[keep]
+    return state, kept
 
 
 def spec(feature_shape: Tuple[int, ...]) -> tf.TensorSpec:

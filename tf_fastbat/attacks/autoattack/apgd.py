@@ -20,7 +20,7 @@ import tensorflow as tf
 from tf_fastbat.attacks.autoattack._utils import (Engine, LogitsFn, as_inputs, batches, cached, derive_seed, linf,
                                                   logits_numpy, per_example, project_linf_box, run_in_blocks,
                                                   spec, target_labels, uniform_rows)
-from tf_fastbat.attacks.autoattack.runs import first_success, ran, schedule
+from tf_fastbat.attacks.autoattack.runs import Rows, first_success, ran, schedule
 
 LOSSES = ("ce", "dlr", "dlr-targeted")
 BLOCK = 10  # iterations per traced call: a progress update every BLOCK iterations
@@ -160,9 +160,12 @@ def _build_engine(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], loss: str
 
     inputs = [spec(feature_shape), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
               tf.TensorSpec([], tf.float32)]
+    state = _state_spec(feature_shape, n_iter)
+    row_axes = {name: None if not value.shape.rank else 1 if name == "loss_steps" else 0
+                for name, value in state.items()}
     return Engine(start=tf.function(start, input_signature=inputs + [spec(feature_shape)]),
-                  steps=tf.function(steps, input_signature=inputs + [_state_spec(feature_shape, n_iter),
-                                                                     tf.TensorSpec([], tf.int32)]))
+                  steps=tf.function(steps, input_signature=inputs + [state, tf.TensorSpec([], tf.int32)]),
+                  row_axes=row_axes)
 
 
 def _engine(logits_fn: LogitsFn, shape: Tuple[int, ...], loss: str, n_iter: int, eot_iter: int,
@@ -172,12 +175,16 @@ def _engine(logits_fn: LogitsFn, shape: Tuple[int, ...], loss: str, n_iter: int,
 
 
 def _run(engine: Engine, x: np.ndarray, y: np.ndarray, y_target: np.ndarray, eps: float, noise: np.ndarray,
-         n_iter: int, block: int = BLOCK, done: Callable[[int], None] = lambda k: None) -> Dict[str, np.ndarray]:
-    """One batch of APGD runs from the random starts `noise` (U[-1, 1], shape of x); final state as numpy."""
+         n_iter: int, done: Callable[[int], None] = lambda k: None,
+         rows: Optional[Rows] = None) -> Dict[str, np.ndarray]:
+    """One batch of APGD runs from the random starts `noise` (U[-1, 1], shape of x); final state as numpy, with
+    `kept`, the rows it holds: given the `rows` of a schedule, a run stops once an earlier run broke its point."""
     inputs = (tf.constant(x, tf.float32), tf.constant(y, tf.int32), tf.constant(y_target, tf.int32),
               tf.constant(eps, tf.float32))
-    state = run_in_blocks(engine, inputs, tf.constant(noise, tf.float32), n_iter, block, done)
-    return {name: state[name].numpy() for name in ("x_best", "robust", "loss_best", "x_best_adv", "zero_grad")}
+    needed = None if rows is None else lambda state, kept: ran(rows.take(kept), ~state["robust"].numpy())
+    state, kept = run_in_blocks(engine, inputs, tf.constant(noise, tf.float32), n_iter, BLOCK, done, needed)
+    out = {name: state[name].numpy() for name in ("x_best", "robust", "loss_best", "x_best_adv", "zero_grad")}
+    return {**out, "kept": kept}
 
 
 def apgd_single_run(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float, loss: str = "ce",
@@ -192,6 +199,7 @@ def apgd_single_run(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: floa
     out = _run(_engine(logits_fn, shape, loss, n_iter, eot_iter, rho), x, y, y if y_target is None else y_target,
                eps, noise.numpy(), n_iter)
     out["n_zero_grad"] = int(out.pop("zero_grad").sum())
+    del out["kept"]
     return out
 
 
@@ -240,8 +248,8 @@ class APGDAttack:
             chosen = index[rows.point]
             noise = uniform_rows(seeds, len(index), shape, rows.group, rows.point)
             out = _run(engine, x[chosen], y[chosen], targets[rows.group, rows.point], self.eps, noise, self.n_iter,
-                       done=lambda k: done(k * len(rows)))
-            fooled = ~out["robust"]
+                       done, rows)
+            rows, fooled = rows.take(out["kept"]), ~out["robust"]
             n_zero += int((out["zero_grad"] & ran(rows, fooled)).sum())
             first = first_success(rows, fooled)
             broken[rows.point[first]] = True

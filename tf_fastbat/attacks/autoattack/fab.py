@@ -12,7 +12,7 @@ batched together (`runs`).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -20,7 +20,7 @@ import tensorflow as tf
 from tf_fastbat.attacks.autoattack._utils import (Engine, LogitsFn, as_inputs, batches, cached, derive_seed, linf,
                                                   logits_fn_graph, logits_numpy, per_example, predict, run_in_blocks,
                                                   spec, target_labels, uniform_rows)
-from tf_fastbat.attacks.autoattack.runs import first_success, schedule
+from tf_fastbat.attacks.autoattack.runs import Rows, first_success, ran, schedule
 
 _NO_ADV = 1e10
 BLOCK = 10  # iterations per traced call: a progress update every BLOCK iterations
@@ -134,7 +134,8 @@ def _build_engine(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], targeted:
                  correct=tf.TensorSpec([None], tf.bool))
     init = (image, tf.TensorSpec([None], tf.bool))  # U[-1, 1] noise and whether to start from it
     return Engine(start=tf.function(start, input_signature=inputs + [init]),
-                  steps=tf.function(steps, input_signature=inputs + [state, tf.TensorSpec([], tf.int32)]))
+                  steps=tf.function(steps, input_signature=inputs + [state, tf.TensorSpec([], tf.int32)]),
+                  row_axes={name: None if name == "i" else 0 for name in state})
 
 
 def _engine(logits_fn: LogitsFn, shape: Tuple[int, ...], targeted: bool, n_iter: int, alpha_max: float, eta: float,
@@ -144,15 +145,21 @@ def _engine(logits_fn: LogitsFn, shape: Tuple[int, ...], targeted: bool, n_iter:
 
 
 def _run(engine: Engine, x: np.ndarray, y: np.ndarray, y_target: np.ndarray, eps: float, noise: np.ndarray,
-         random_start: np.ndarray, n_iter: int, done: Callable[[int], None] = lambda k: None) -> Dict[str, np.ndarray]:
-    """One batch of FAB runs: `adv` (original where none found) and `distance` (L-inf, 1e10 if none)."""
+         random_start: np.ndarray, n_iter: int, done: Callable[[int], None] = lambda k: None,
+         rows: Optional[Rows] = None) -> Dict[str, np.ndarray]:
+    """One batch of FAB runs: `adv` (original where none found), `distance` (L-inf, 1e10 if none) and `kept`,
+    the rows they are for: given the `rows` of a schedule, a run stops once an earlier run broke its point."""
     inputs = (tf.constant(x, tf.float32), tf.constant(y, tf.int32), tf.constant(y_target, tf.int32),
               tf.constant(eps, tf.float32))
     init = (tf.constant(noise, tf.float32), tf.constant(random_start, tf.bool))
-    state = run_in_blocks(engine, inputs, init, n_iter, BLOCK, done)
+
+    def needed(state, kept):
+        return ran(rows.take(kept), state["correct"].numpy() & (state["best"].numpy() <= eps))
+
+    state, kept = run_in_blocks(engine, inputs, init, n_iter, BLOCK, done, None if rows is None else needed)
     success = state["correct"].numpy() & (state["best"].numpy() < _NO_ADV)
-    adv = np.where(success.reshape([-1] + [1] * (x.ndim - 1)), state["adv"].numpy(), x)
-    return {"adv": adv, "distance": np.where(success, state["best"].numpy(), _NO_ADV)}
+    adv = np.where(success.reshape([-1] + [1] * (x.ndim - 1)), state["adv"].numpy(), x[kept])
+    return {"adv": adv, "distance": np.where(success, state["best"].numpy(), _NO_ADV), "kept": kept}
 
 
 def fab_single_run(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float, targeted: bool = True,
@@ -162,9 +169,10 @@ def fab_single_run(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float
     x, y = as_inputs(x, y)
     shape = tuple(x.shape[1:])
     noise = tf.random.stateless_uniform(x.shape, seed=np.asarray(seed, np.int64), minval=-1.0, maxval=1.0).numpy()
-    return _run(_engine(logits_fn, shape, targeted, n_iter, alpha_max, eta, beta), x, y,
-                y if y_target is None else np.asarray(y_target, np.int32), eps, noise,
-                np.full(len(x), random_start), n_iter)
+    out = _run(_engine(logits_fn, shape, targeted, n_iter, alpha_max, eta, beta), x, y,
+               y if y_target is None else np.asarray(y_target, np.int32), eps, noise, np.full(len(x), random_start),
+               n_iter)
+    return {"adv": out["adv"], "distance": out["distance"]}
 
 
 class FABAttack:
@@ -206,7 +214,8 @@ class FABAttack:
             chosen = index[rows.point]
             noise = uniform_rows(seeds, len(index), shape, rows.group, rows.point)
             out = _run(engine, x[chosen], y[chosen], targets[rows.group, rows.point], self.eps, noise,
-                       restarts[rows.group] > 0, self.n_iter, done=lambda k: done(k * len(rows)))
+                       restarts[rows.group] > 0, self.n_iter, done, rows)
+            rows, chosen = rows.take(out["kept"]), chosen[out["kept"]]
             within = np.abs(out["adv"] - x[chosen]).reshape(len(rows), -1).max(axis=1) <= self.eps
             fooled = (predict(self.logits_fn, out["adv"], len(rows)) != y[chosen]) & within
             first = first_success(rows, fooled)

@@ -29,6 +29,10 @@ class Rows:
     def __len__(self) -> int:
         return len(self.order)
 
+    def take(self, index: np.ndarray) -> "Rows":
+        """The rows at `index` (positions in this batch)."""
+        return Rows(order=self.order[index], group=self.group[index], point=self.point[index])
+
 
 def batch_size(n_rows: int, max_rows: int) -> int:
     """Rows per batch: the fewest batches of at most `max_rows`, balanced."""
@@ -62,7 +66,8 @@ def first_success(rows: Rows, fooled: np.ndarray) -> np.ndarray:
 
 
 def ran(rows: Rows, fooled: np.ndarray) -> np.ndarray:
-    """Rows the reference would have run: those not preceded, in this batch, by a row breaking their point."""
+    """Rows the reference would have run: those not preceded, in this batch, by a row breaking their point (so
+    also the rows still needed once `fooled` marks the rows broken so far)."""
     first_break = np.full(int(rows.point.max()) + 1 if len(rows) else 0, np.iinfo(np.int64).max)
     for i in first_success(rows, fooled):
         first_break[rows.point[i]] = rows.order[i]

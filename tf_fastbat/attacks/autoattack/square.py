@@ -141,7 +141,8 @@ def _build_engine(logits_fn: LogitsFn, feature_shape: Tuple[int, ...], n_queries
     state = dict(x_best=spec(feature_shape), margin_min=tf.TensorSpec([None]), q=tf.TensorSpec([None], tf.int32),
                  corner=tf.TensorSpec([n_queries, None, 2]), signs=tf.TensorSpec([n_queries, None, c]))
     return Engine(start=tf.function(start, input_signature=inputs + [tf.TensorSpec([2], tf.int64)]),
-                  steps=tf.function(steps, input_signature=inputs + [state, tf.TensorSpec([], tf.int32)]))
+                  steps=tf.function(steps, input_signature=inputs + [state, tf.TensorSpec([], tf.int32)]),
+                  row_axes=dict(x_best=0, margin_min=0, q=0, corner=1, signs=1))
 
 
 def _run(engine: Engine, x: np.ndarray, y: np.ndarray, eps: float, seed: np.ndarray, n_queries: int, max_rows: int,
