@@ -11,7 +11,8 @@ Models (--models):
   and every attack runs its whole budget on every image: the cost per image of a fully robust model.
 
 Times are those of the first call in the process (tracing included; --repeats > 1 adds warm calls, reported as
-their median). Prints one JSON object (and writes it to --output).
+their median). --implementation times another copy of the package (an older version, say) under the same
+protocol. Prints one JSON object (and writes it to --output).
 
     .venv/bin/python -m benchmarks.attack_throughput --models=quickstart --quickstart=/tmp/aa_qs/checkpoints/best.keras
 """
@@ -19,6 +20,7 @@ their median). Prints one JSON object (and writes it to --output).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -152,6 +154,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1, help="AutoAttack calls per model and eps (first is cold)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--implementation", default="tf_fastbat.attacks.autoattack",
+                        help="module whose run_autoattack is timed (e.g. an older copy of the package, to compare)")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args()
     prefer_onednn()  # before TensorFlow is imported
@@ -161,7 +165,9 @@ def main() -> None:
         parser.error(f"unknown attacks {sorted(unknown)}; choose from pgd, autoattack")
     from tf_fastbat import report
 
-    result = {"machine": machine(), "batch_size": args.batch_size, "seed": args.seed, "models": {}}
+    run = importlib.import_module(args.implementation).run_autoattack
+    result = {"machine": machine(), "implementation": args.implementation, "batch_size": args.batch_size,
+              "seed": args.seed, "models": {}}
     for name in [m for m in args.models.split(",") if m]:
         start = time.perf_counter()
         logits_fn, x, y, eps_list, description = model_inputs(name, args)
@@ -171,8 +177,8 @@ def main() -> None:
             runs: Dict[str, dict] = {}
             for eps_255 in eps_list:
                 eps = eps_255 / 255.0
-                runs[report.eps_key(eps_255)] = (
-                    time_autoattack(logits_fn, x, y, eps, args.seed, args.batch_size, args.repeats)
+                runs[report.eps_key(eps)] = (
+                    time_autoattack(logits_fn, x, y, eps, args.seed, args.batch_size, args.repeats, run)
                     if attack == "autoattack" else
                     time_pgd(logits_fn, x, y, eps, args.pgd_steps, args.pgd_restarts, args.seed, args.batch_size))
             entry["runs"][report.AUTOATTACK_NAME if attack == "autoattack" else

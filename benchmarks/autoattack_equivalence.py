@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -64,10 +65,12 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--reference", help="masks to compare with (.npz)")
     parser.add_argument("--save", help="write this run's masks here (.npz)")
+    parser.add_argument("--implementation", default="tf_fastbat.attacks.autoattack",
+                        help="module whose run_autoattack runs (e.g. an older copy of the package, for --save)")
     parser.add_argument("--tolerance", type=int, default=1, help="images of robust-accuracy difference allowed")
     args = parser.parse_args()
     prefer_onednn()  # before TensorFlow is imported
-    from tf_fastbat.attacks.autoattack import run_autoattack
+    run_autoattack = importlib.import_module(args.implementation).run_autoattack
 
     if not os.path.exists(DATA):
         raise FileNotFoundError(f"CIFAR-10 slice missing: {DATA}")
@@ -81,7 +84,7 @@ def main() -> None:
     masks = {"clean": np.argmax(np.concatenate(
         [logits_fn(x[i:i + args.batch_size]).numpy() for i in range(0, len(x), args.batch_size)]), axis=1) == y,
         **result.robust_masks}
-    out = {"model": args.model, "model_sha256": sha256(args.model), "n_images": args.n_images, "eps": args.eps,
+    out = {"implementation": args.implementation, "model": args.model, "model_sha256": sha256(args.model), "n_images": args.n_images, "eps": args.eps,
            "seed": args.seed, "seconds": round(seconds, 1), "seconds_per_attack":
            {k: round(v, 1) for k, v in result.seconds_per_attack.items()},
            "robust_accuracy": result.per_attack_robust_accuracy}
