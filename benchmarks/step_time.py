@@ -45,13 +45,18 @@ from tf_fastbat.runtime import prefer_onednn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-METHODS = ("fast_at", "fast_bat", "fast_at_ga", "pgd", "n_fgsm", "standard")
+METHODS = ("fast_at", "fast_bat", "fast_at_ga", "pgd", "n_fgsm", "standard", "fgsm_pgi", "nu_at", "elle_a")
 EPS = 8.0 / 255.0
 SLICE = "bundled:cifar10_slice"
 # Forward-pass equivalents per step (one conv-type op per conv layer = 1): forward 1, input-gradient backward 1,
 # weight-gradient backward 2 (input and filter gradients), double backward 4 (Conv2D and filter gradient of the
 # backward's convs, plus input and filter gradients back through the forward). See the report for the counts.
-PASS_BUDGET = {"fast_at": 5, "fast_bat": 11, "fast_at_ga": 11, "pgd": 7, "n_fgsm": 5, "standard": 3}
+# FGSM-PGI: forward at the prior, its input gradient, forward at x_adv, weight gradients back through both (2 + 2).
+# NuAT: a forward at x (the attack's reference), the eval-mode attack's forward and input gradient, forwards at
+# x_adv and x with their weight gradients (1 + 2 + 6). ELLE-A: the FGSM's forward and input gradient at x, the
+# forward at x_adv and one forward of the three triplet batches concatenated, with weight gradients (2 + 3 + 3).
+PASS_BUDGET = {"fast_at": 5, "fast_bat": 11, "fast_at_ga": 11, "pgd": 7, "n_fgsm": 5, "standard": 3, "fgsm_pgi": 7,
+               "nu_at": 9, "elle_a": 8}
 TARGET_RATIO = {"fast_bat": 2.2, "fast_at_ga": 3.0, "pgd": 1.6}  # of Fast-AT's step time (the issue's targets)
 CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
 RESULT_PREFIX = "STEP_TIME_RESULT "
@@ -78,8 +83,15 @@ def build_trainer(method_name: str, width: float, batch_size: int, mixed_precisi
     momentum = optim.momentum_schedule("cyclic", momentum=0.9, cycle_momentum=True, epochs=20,
                                        steps_per_epoch=steps_per_epoch)
     trainer = assemble(classifier, method, sgd(schedule, momentum, 5e-4, mixed_precision), seed=0,
-                       jit_compile=jit_compile)
+                       jit_compile=jit_compile, num_examples=len(source.x_train), steps_per_epoch=steps_per_epoch)
     return trainer, source
+
+
+def batch_elements(trainer, x, y):
+    """(x, y), or (x, y, positions) for a method with per-example state (FGSM-PGI)."""
+    import numpy as np
+
+    return (x, y, np.arange(len(x), dtype=np.int64)) if trainer.method.needs_index else (x, y)
 
 
 def conv_layer_count(classifier) -> int:
@@ -109,6 +121,7 @@ def pass_structure(trainer, batch_size: int, image_shape) -> Dict:
     import tensorflow as tf
 
     specs = (tf.TensorSpec([batch_size, *image_shape], tf.float32), tf.TensorSpec([batch_size], tf.int32))
+    specs += (tf.TensorSpec([batch_size], tf.int64),) if trainer.method.needs_index else ()
     graph = tf.function(trainer.train_step).get_concrete_function(specs).graph
     counts = executed_op_types(graph)
     conv = {name: counts.get(name, 0) for name in CONV_OPS}
@@ -153,7 +166,7 @@ def time_steps(trainer, source, batch_size: int, steps: int, warmup: int) -> Dic
 
     x = source.x_train[:batch_size].astype(np.float32) / 255.0
     y = source.y_train[:batch_size].astype(np.int32)
-    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    iterator = iter(tf.data.Dataset.from_tensors(batch_elements(trainer, x, y)).repeat())
     trainer.make_train_function()
     train_function = trainer.train_function
     gpus = tf.config.list_logical_devices("GPU")
@@ -181,7 +194,7 @@ def time_epoch(trainer, source, batch_size: int) -> Dict:
     """One epoch of fit on the bundled slice through train.py's pipeline, after a one-step warm-up fit."""
     from tf_fastbat import data
 
-    splits = data.splits(source, batch_size, 0.1, 0, 0)
+    splits = data.splits(source, batch_size, 0.1, 0, 0, with_index=trainer.method.needs_index)
     steps = -(-splits.num_train // batch_size)
     start = time.perf_counter()
     batches = sum(1 for _ in splits.train)

@@ -365,7 +365,7 @@ def test_workdir_run_with_every_attack_writes_report_table_and_plots(models_dir,
     table = (workdir / "evaluation.md").read_text()
     assert "| run1 |" in table and "RA autoattack @ 8/255" in table and table.strip() in result.stdout
     assert "| other | 50.00 |" in table and "| 25.00 |" in table  # the --compare report's row
-    for kind in ("ra_vs_eps", "training_curves", "loss_landscape"):
+    for kind in ("ra_vs_eps", "training_curves", "loss_landscape", "autoattack"):
         png = workdir / f"evaluation-{kind}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and saved["plots"][kind] == str(png)
 

@@ -60,6 +60,9 @@ def test_short_fast_bat_run_writes_checkpoints_log_and_report(tmp_path):
     assert report["method"]["lmbda"] == 10.0 and report["method"]["eps"] == pytest.approx(8 / 255)
     for name in ("best.keras", "last.keras", "best.json"):
         assert (tmp_path / "checkpoints" / name).exists()
+    assert "chance level 10% (10 classes)" in result.stdout  # the reading guide beside the results table
+    for figure in ("training_curves.png", "ra_vs_eps.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(tmp_path / "training_log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert {"val_robust_accuracy", "val_clean_accuracy", "epoch_seconds", "learning_rate",

@@ -13,6 +13,8 @@ import numpy as np
 from tf_fastbat.attacks.pgd import PGDAttack
 from tf_fastbat.checkpoints import read_json, save_model_atomic, write_json_atomic
 from tf_fastbat.evaluation import classifier_logits, robustness
+from tf_fastbat.progress import ProgressBars
+from tf_fastbat.report import eps_key
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,12 +55,17 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class RobustValidation(keras.callbacks.Callback):
-    """After every epoch: clean and PGD accuracy on the held-out split; keeps best (by PGD) and last models."""
+    """After every epoch: clean and PGD accuracy on the held-out split; keeps best (by PGD) and last models.
+
+    With `verbose`, the PGD run shows its progress and ends with one line: the held-out accuracies, the seconds the
+    check took and the best epoch so far.
+    """
 
     def __init__(self, classifier: keras.Model, checkpoint_dir: str, x_val: Optional[np.ndarray],
                  y_val: Optional[np.ndarray], eps: float, steps: int, restarts: int, seed: int,
-                 batch_size: int = 256):
+                 batch_size: int = 256, verbose: bool = False):
         super().__init__()
+        self.verbose = verbose
         self.classifier = classifier
         self.checkpoint_dir = checkpoint_dir
         self.x_val, self.y_val = x_val, y_val
@@ -72,11 +79,19 @@ class RobustValidation(keras.callbacks.Callback):
         save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, "last.keras"))
         if self.x_val is None or not len(self.x_val):
             return
-        measured = robustness(self.logits_fn, self.x_val, self.y_val, [self.eps], [self.pgd], self.batch_size)
+        title = f"early stopping after epoch {epoch + 1}"
+        if self.verbose and (self.params or {}).get("verbose", 1) == 1:
+            print(flush=True)  # ends the epoch's open progress bar line, which Keras finishes after the callbacks
+        bars = (lambda run: ProgressBars(f"{title} (held-out): {run}")) if self.verbose else None
+        measured = robustness(self.logits_fn, self.x_val, self.y_val, [self.eps], [self.pgd], self.batch_size, bars)
         clean, (robust,) = measured["clean_accuracy"], measured["robust_accuracy"][self.pgd.name].values()
         logs["val_clean_accuracy"], logs["val_robust_accuracy"] = clean, robust
         best = read_json(self.state_path, {"val_robust_accuracy": -1.0})
         if robust > best["val_robust_accuracy"]:
             save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, "best.keras"))
-            write_json_atomic({"epoch": epoch + 1, "val_robust_accuracy": robust, "val_clean_accuracy": clean},
-                              self.state_path)
+            best = {"epoch": epoch + 1, "val_robust_accuracy": robust, "val_clean_accuracy": clean}
+            write_json_atomic(best, self.state_path)
+        if self.verbose:
+            print(f"{title}: held-out clean accuracy {clean:.2%}, {self.pgd.name} robust accuracy at eps "
+                  f"{eps_key(self.eps)} {robust:.2%} ({measured['seconds']:.1f} s); best epoch {best['epoch']} "
+                  f"({best['val_robust_accuracy']:.2%})", flush=True)

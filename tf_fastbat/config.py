@@ -63,7 +63,7 @@ def define_method_flags() -> None:
     flagtypes.DEFINE_eps("eps", 8, "Training eps, in 1/255 units (8 means 8/255).")
     flagtypes.DEFINE_eps("attack_lr", None, "Attack step in 1/255 units; default: the official rule per method "
                          "(fast_bat 5000 for eps <= 8 else 2000; fast_at 1.25 eps; pgd 0.5 eps for 2 steps, "
-                         "otherwise 2).", maximum=None)
+                         "otherwise 2; nu_at, elle_a and fgsm_pgi eps).", maximum=None)
     _require(["method", "eps"], lambda v: v["method"] == "standard" or v["eps"] > 0,
              "--eps=0 leaves --method={method} nothing to attack; use --method=standard")
     flags.DEFINE_float("lmbda", 10.0, "Fast-BAT lambda of the implicit gradient (eq. 11); 0 means 1/attack_lr, "
@@ -79,6 +79,45 @@ def define_method_flags() -> None:
     validator("ga_coef", lambda v: v is None or v >= 0, lambda v: f"--ga_coef={v}: must be >= 0")
     flags.DEFINE_integer("attack_step", 2, "PGD-K-AT steps K.")
     validator("attack_step", lambda v: v >= 1, lambda v: f"--attack_step={v}: PGD needs at least one step")
+    define_nu_at_elle_flags()
+    define_fgsm_pgi_flags()
+
+
+def define_fgsm_pgi_flags() -> None:
+    """FGSM-PGI's hyperparameters (official FGSM_MEP.py defaults; --attack_lr default: eps)."""
+    flags.DEFINE_float("pgi_lamda", 10.0, "FGSM-PGI weight of the prior-guided regularizer, the MSE between the "
+                       "logits at the adversarial and at the initialization point (official --lamda 10).")
+    validator("pgi_lamda", lambda v: v >= 0, lambda v: f"--pgi_lamda={v}: must be >= 0")
+    flags.DEFINE_float("pgi_momentum_decay", 0.3, "FGSM-PGI decay of each example's stored gradient momentum "
+                       "(official --momentum_decay 0.3).")
+    validator("pgi_momentum_decay", lambda v: 0 <= v <= 1, lambda v: f"--pgi_momentum_decay={v}: must be in [0, 1]")
+    flags.DEFINE_integer("pgi_epochs_reset", 40, "FGSM-PGI: every this many epochs the stored perturbations restart "
+                         "from random corners and the momenta from zero (official --epochs_reset 40).")
+    validator("pgi_epochs_reset", lambda v: v >= 1, lambda v: f"--pgi_epochs_reset={v}: must be at least 1")
+
+
+def define_nu_at_elle_flags() -> None:
+    """NuAT's and ELLE(-A)'s hyperparameters (official defaults; --attack_lr default for both: eps)."""
+    flagtypes.DEFINE_eps("nuc_init", None, "NuAT Bernoulli start magnitude in 1/255 units (default: eps / 2, the "
+                         "official 4 at eps 8).", maximum=None)
+    flags.DEFINE_float("nuc_max", 4.5, "NuAT's final nuclear-norm weight lambda (official NuAT_cifar10.py: 4.5).")
+    validator("nuc_max", lambda v: v >= 0, lambda v: f"--nuc_max={v}: must be >= 0")
+    flags.DEFINE_float("nuc_ramp_epochs", None, "NuAT: lambda rises by nuc_max / R per epoch for R epochs "
+                       "(default: the official rule R = --epochs - 10, at least 1).")
+    validator("nuc_ramp_epochs", lambda v: v is None or v > 0, lambda v: f"--nuc_ramp_epochs={v}: must be positive")
+    flags.DEFINE_enum("lambda_schedule", "onoff", ["onoff", "constant"], "ELLE: onoff is ELLE-A (lambda raised "
+                      "to --lin_reg on a linearity-error spike, decayed otherwise); constant is ELLE.")
+    flags.DEFINE_float("lin_reg", None, "ELLE-A's lambda_max / ELLE's lambda (default: the official scripts: "
+                       "ELLE-A 4000; ELLE 1000 up to eps 8, 5000 up to 20, 10000 beyond).")
+    validator("lin_reg", lambda v: v is None or v >= 0, lambda v: f"--lin_reg={v}: must be >= 0")
+    flags.DEFINE_float("elle_decay_rate", 0.99, "ELLE-A: lambda's factor per step without a spike.")
+    validator("elle_decay_rate", lambda v: 0 <= v <= 1, lambda v: f"--elle_decay_rate={v}: must be in [0, 1]")
+    flags.DEFINE_float("elle_sensitivity", 2.0, "ELLE-A: a spike is an error above mean + this many std.")
+    validator("elle_sensitivity", lambda v: v >= 0, lambda v: f"--elle_sensitivity={v}: must be >= 0")
+    flags.DEFINE_float("elle_input_noise_rate", 0.0, "ELLE: the FGSM starts at x + rate U[-eps, eps] (official "
+                       "0: from x; 2: N-FGSM + ELLE-A).")
+    validator("elle_input_noise_rate", lambda v: v >= 0, lambda v: f"--elle_input_noise_rate={v}: must be >= 0")
+    flags.DEFINE_boolean("elle_clamp", False, "ELLE: project the FGSM point onto the eps-ball (official: no).")
 
 
 def define_optimization_flags() -> None:
@@ -86,8 +125,10 @@ def define_optimization_flags() -> None:
     _at_least("epochs", 1)
     flags.DEFINE_integer("batch_size", 128, "Global batch size (split over replicas).")
     _at_least("batch_size", 1)
-    flags.DEFINE_enum("lr_schedule", "cyclic", ["cyclic", "multistep"], "Learning-rate schedule.")
-    flags.DEFINE_float("lr_max", 0.2, "Peak (cyclic) or initial (multistep) learning rate.")
+    flags.DEFINE_enum("lr_schedule", "cyclic", ["cyclic", "multistep", "one_cycle"], "Learning-rate schedule; "
+                      "one_cycle is torch's OneCycleLR (cosine, 30% rising from lr_max/25, down to lr_max/25e4) "
+                      "stepped once per epoch, as FastAT_Benchmark runs it; it cycles the momentum like cyclic.")
+    flags.DEFINE_float("lr_max", 0.2, "Peak (cyclic, one_cycle) or initial (multistep) learning rate.")
     validator("lr_max", lambda v: v > 0, lambda v: f"--lr_max={v}: must be positive")
     flags.DEFINE_float("lr_min", 0.0, "Cyclic schedule's floor.")
     _require(["lr_min", "lr_max"], lambda v: 0 <= v["lr_min"] <= v["lr_max"],
@@ -110,6 +151,16 @@ def define_optimization_flags() -> None:
              "--base_momentum={base_momentum}: must be in [0, --momentum]")
     flags.DEFINE_float("weight_decay", 5e-4, "Coupled L2 weight decay (like torch.optim.SGD).")
     validator("weight_decay", lambda v: v >= 0, lambda v: f"--weight_decay={v}: must be >= 0")
+    flags.DEFINE_float("weight_averaging", 0.0, "Decay tau of an exponential moving average of all the classifier's "
+                       "variables (BatchNorm statistics included) after every step, FastAT_Benchmark's weight "
+                       "averaging (0.9995); the average is validated, checkpointed, reported and exported. 0: off.")
+    validator("weight_averaging", lambda v: 0.0 <= v < 1.0, lambda v: f"--weight_averaging={v}: must be in [0, 1)")
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy (torch's), on the losses the "
+                       "method applies it to (FastAT_Benchmark: 0.4; the training loss, and the attack's for fast_at "
+                       "and n_fgsm).")
+    validator("label_smoothing", lambda v: 0.0 <= v < 1.0, lambda v: f"--label_smoothing={v}: must be in [0, 1)")
+    _require(["method", "label_smoothing"], _smooths,
+             "--label_smoothing={label_smoothing}: --method={method} does not apply label smoothing")
     flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (quick experiments).")
     _at_least("steps_per_epoch", 1)
 
@@ -157,6 +208,14 @@ def define_backup_flags() -> None:
     _at_least("backup_every_seconds", 0, " (0: off)")
 
 
+def _smooths(values: Dict) -> bool:
+    """--label_smoothing is 0 or the method names where it applies (methods.base.Method.smoothed_losses)."""
+    from tf_fastbat import methods
+
+    method = methods.REGISTRY.get(values["method"])
+    return not values["label_smoothing"] or method is None or bool(method.smoothed_losses)
+
+
 def define_training_flags() -> None:
     for define in (define_experiment_flags, define_data_flags, define_model_flags, define_method_flags,
                    define_optimization_flags, define_validation_flags, define_compute_flags, define_backup_flags):
@@ -180,8 +239,8 @@ def eval_eps_list(f=FLAGS) -> List[float]:
 
 def method_hparams(f=FLAGS) -> Dict:
     """The chosen method's hyperparameters from the flags (fractions of 1 inside the library)."""
-    hparams = {"eps": f.eps}
-    if f.method in ("fast_bat", "fast_at", "fast_at_ga", "pgd", "n_fgsm"):
+    hparams = {"eps": f.eps, **({"label_smoothing": f.label_smoothing} if f.label_smoothing else {})}
+    if f.method in ("fast_bat", "fast_at", "fast_at_ga", "pgd", "n_fgsm", "nu_at", "elle_a", "fgsm_pgi"):
         hparams["attack_lr"] = f.attack_lr
     if f.method == "fast_bat":
         hparams.update(lmbda=f.lmbda, linearization=f.linearization, implicit_gradient=f.implicit_gradient,
@@ -190,6 +249,15 @@ def method_hparams(f=FLAGS) -> Dict:
         hparams["ga_coef"] = f.ga_coef
     if f.method == "pgd":
         hparams["steps"] = f.attack_step
+    if f.method == "fgsm_pgi":
+        hparams.update(lamda=f.pgi_lamda, momentum_decay=f.pgi_momentum_decay, epochs_reset=f.pgi_epochs_reset)
+    if f.method == "nu_at":
+        ramp = f.nuc_ramp_epochs if f.nuc_ramp_epochs is not None else float(max(f.epochs - 10, 1))
+        hparams.update(init_magnitude=f.nuc_init, nuc_max=f.nuc_max, nuc_ramp_epochs=ramp)
+    if f.method == "elle_a":
+        hparams.update(lambda_schedule=f.lambda_schedule, lin_reg=f.lin_reg, decay_rate=f.elle_decay_rate,
+                       sensitivity=f.elle_sensitivity, input_noise_rate=f.elle_input_noise_rate, clamp=f.elle_clamp,
+                       seed=f.seed)
     return hparams
 
 
@@ -209,7 +277,7 @@ def as_dict(f=FLAGS) -> Dict:
     return {name: recorded(name) for name in _OWN_FLAGS if name in f}
 
 
-_EPS_FLAGS = ("eps", "attack_lr", "eval_eps")
+_EPS_FLAGS = ("eps", "attack_lr", "eval_eps", "nuc_init")
 
 
 _OWN_FLAGS = (
@@ -220,4 +288,6 @@ _OWN_FLAGS = (
     "es_attack_step es_restarts "
     "es_num_examples eval_attack_step eval_restarts eval_num_examples eval_eps distribution jit_compile "
     "mixed_precision tensorboard export_dir export_model_name sync_batch_norm backup_every_steps "
-    "backup_every_seconds").split()
+    "backup_every_seconds nuc_init nuc_max nuc_ramp_epochs lambda_schedule lin_reg elle_decay_rate elle_sensitivity "
+    "elle_input_noise_rate elle_clamp weight_averaging label_smoothing pgi_lamda pgi_momentum_decay "
+    "pgi_epochs_reset").split()

@@ -67,7 +67,8 @@ def output_paths(artifact: Artifact, output: Optional[str], workdir: Optional[st
         stem = os.path.join(folder, "evaluation" if in_own_workdir else f"evaluation-{artifact.label}")
         report_path = stem + ".json"
     return {"report": report_path, "table": stem + ".md", "ra_vs_eps": stem + "-ra_vs_eps.png",
-            "training_curves": stem + "-training_curves.png", "loss_landscape": stem + "-loss_landscape.png"}
+            "training_curves": stem + "-training_curves.png", "loss_landscape": stem + "-loss_landscape.png",
+            "autoattack": stem + "-autoattack.png"}
 
 
 def read_compare(paths: Sequence[str]) -> Dict[str, Dict]:
@@ -89,16 +90,24 @@ def read_compare(paths: Sequence[str]) -> Dict[str, Dict]:
 
 def write_plots(paths: Dict[str, str], name: str, result: Dict, compare: Dict[str, Dict], artifact: Artifact,
                 logits_fn, x, y, eps_list: Sequence[float], seed: int) -> Dict[str, str]:
-    """RA against eps (with --compare models), training curves (workdir models), loss landscape; -> written paths."""
+    """RA against eps (with --compare models), AutoAttack attack by attack, training curves (workdir models), loss
+    landscape; -> written paths."""
     from tf_fastbat import metrics, plots
 
     written = {}
     if result["robust_accuracy"]:
         plots.robust_accuracy_vs_eps({name: result, **compare}, paths["ra_vs_eps"])
         written["ra_vs_eps"] = paths["ra_vs_eps"]
+    if result.get("autoattack_details"):
+        version = result["attack_settings"]["autoattack"]["version"]
+        plots.autoattack_breakdown(result["autoattack_details"], paths["autoattack"],
+                                   f"{name}: AutoAttack ({version}) on {result['num_examples']} examples\n"
+                                   "RA left after each attack (orange: AutoAttack's)")
+        written["autoattack"] = paths["autoattack"]
     log = os.path.join(artifact.workdir, "training_log.csv") if artifact.workdir else None
     if log and os.path.isfile(log):
-        plots.training_curves(log, paths["training_curves"])
+        best = read_json(os.path.join(artifact.workdir, "checkpoints", "best.json"), {}) or {}
+        plots.training_curves(log, paths["training_curves"], best.get("epoch"))
         written["training_curves"] = paths["training_curves"]
     eps = max(eps_list, default=0)
     if eps > 0 and len(x):

@@ -17,6 +17,7 @@ from tf_fastbat.artifacts import Artifact
 from tf_fastbat.attacks.base import Attack, LogitsFn, Progress, build
 from tf_fastbat.errors import UsageError, one_line
 from tf_fastbat.flagtypes import in_units
+from tf_fastbat.progress import Clock, ProgressBars
 
 WARNING_EXAMPLES = 100  # examples the model checks (probabilities, randomness, gradients at inference) look at
 
@@ -96,44 +97,28 @@ def model_warnings(logits_fn: LogitsFn, x, y, batch_size: int = 256) -> List[str
     return [m for m in found if m]
 
 
-class ProgressBars:
-    """progress(stage, done, total) as one Keras progress bar per stage, under a title line."""
-
-    def __init__(self, title: str):
-        self.title = title
-        self.bars: Dict[str, object] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        import keras
-
-        if stage not in self.bars:
-            print(f"{self.title}: {stage}", flush=True)
-            self.bars[stage] = keras.utils.Progbar(total, unit_name="example" if total > 1 else "step",
-                                                   verbose=1 if sys.stdout.isatty() else 2)
-        self.bars[stage].update(done, finalize=done >= total)
-
-
 def robustness(logits_fn: LogitsFn, x, y, eps_list: Sequence[float], attacks: Sequence[Attack],
                batch_size: int = 256, progress: Optional[Callable[[str], Progress]] = None,
-               log: Optional[Callable[[str], None]] = None) -> Dict:
+               log: Optional[Callable[[str], None]] = None, clock: Clock = time.perf_counter) -> Dict:
     """Clean accuracy and every attack's robust accuracy at every eps (fractions of 1), in the report's format.
 
-    `progress(title)` gives each (attack, eps) run its progress callback; `log` gets one line per finished run.
+    `progress(title)` gives each (attack, eps) run its progress callback, made as the run starts; `log` gets one line
+    per finished run (its robust accuracy and the seconds it took by `clock`).
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y).astype(np.int64).reshape(-1)
-    n, begin = len(x), time.perf_counter()
+    n, begin = len(x), clock()
     clean = float(np.mean(predictions(logits_fn, x, batch_size) == y)) if n else 0.0
     robust: Dict[str, Dict[str, float]] = {a.name: {} for a in attacks}
     seconds: Dict[str, Dict[str, float]] = {a.name: {} for a in attacks}
     details: Dict[str, Dict[str, Dict]] = {}
     for attack in attacks:
         for eps in eps_list:
-            key, start = report.eps_key(eps), time.perf_counter()
+            key, start = report.eps_key(eps), clock()
             title = f"{attack.name} at eps {key} on {n} examples"
             outcome = attack.attack(logits_fn, x, y, eps, progress(title) if progress else None)
             robust[attack.name][key] = float(np.mean(outcome.robust)) if n else 0.0
-            seconds[attack.name][key] = time.perf_counter() - start
+            seconds[attack.name][key] = clock() - start
             if outcome.details:
                 details.setdefault(attack.name, {})[key] = outcome.details
             if log is not None:
@@ -142,7 +127,7 @@ def robustness(logits_fn: LogitsFn, x, y, eps_list: Sequence[float], attacks: Se
     result = {"clean_accuracy": clean, "robust_accuracy": robust, "num_examples": n,
               "attack_settings": {a.name: a.settings() for a in attacks},
               "attack_seconds": {name: {"total": sum(by_eps.values()), **by_eps} for name, by_eps in seconds.items()},
-              "seconds": time.perf_counter() - begin}
+              "seconds": clock() - begin}
     if details:
         result["details"] = details
     return result
@@ -158,13 +143,19 @@ def build_attacks(attacks: Sequence[Union[str, Attack]], settings: Settings,
 
 
 def pgd_report(logits_fn, x, y, eps_list: Sequence[float], steps: int, restarts: int, seed: int,
-               batch_size: int = 256) -> Dict:
+               batch_size: int = 256, label: Optional[str] = None) -> Dict:
     """Clean accuracy and PGD-`steps`-`restarts` robust accuracy at each eps: training's final report and the
-    export-time measurement, so that the two can be compared number for number."""
+    export-time measurement, so that the two can be compared number for number. With a `label` ("best
+    checkpoint"), each run's progress and closing line are printed under it."""
     from tf_fastbat.attacks.pgd import PGDAttack
 
-    result = robustness(logits_fn, x, y, eps_list, [PGDAttack(steps, restarts, seed=seed, batch_size=batch_size)],
-                        batch_size)
+    attack = PGDAttack(steps, restarts, seed=seed, batch_size=batch_size)
+    if label is None:
+        result = robustness(logits_fn, x, y, eps_list, [attack], batch_size)
+    else:
+        result = robustness(logits_fn, x, y, eps_list, [attack], batch_size,
+                            progress=lambda title: ProgressBars(f"{label}: {title}"),
+                            log=lambda line: _print(f"{label}: {line}"))
     return {**result, "seed": seed}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Tuple
 
 import keras
@@ -111,6 +112,76 @@ class MultiStepLR(keras.optimizers.schedules.LearningRateSchedule):
         return {"lr_max": self.lr_max, "milestones": self.milestones, "decay": self.decay}
 
 
+def cosine_phase(start, end, pct):
+    """torch OneCycleLR's cosine annealing from `start` to `end` as `pct` goes 0 -> 1."""
+    return end + (start - end) / 2.0 * (ops.cos(math.pi * pct) + 1.0)
+
+
+def one_cycle_phases(total_steps: int, pct_start: float) -> Tuple[float, float]:
+    """torch OneCycleLR's two phase ends (two-phase form): pct_start * total - 1, then total - 1."""
+    return float(pct_start * total_steps) - 1.0, float(total_steps - 1)
+
+
+def one_cycle(step, steps_per_unit: int, total_steps: int, pct_start: float, rising: Tuple[float, float],
+              falling: Tuple[float, float]):
+    """torch OneCycleLR's value at `step` optimizer steps when the scheduler steps every `steps_per_unit` of them:
+    cosine `rising` = (start, end) up to the first phase end, then `falling` = (start, end) to the last step
+    (held there: the step after training, whose rate Keras logs, gets the final value). In float64 like torch's
+    Python floats: in float32, cos near -1 would cost the final epochs' small rates 1e-4 of their value."""
+    unit = ops.minimum(ops.floor(ops.cast(step, "float64") / float(steps_per_unit)), float(total_steps - 1))
+    first_end, last_end = one_cycle_phases(total_steps, pct_start)
+    up = cosine_phase(rising[0], rising[1], unit / first_end if first_end else unit * 0.0)
+    down = cosine_phase(falling[0], falling[1], (unit - first_end) / (last_end - first_end))
+    return ops.cast(ops.where(unit <= first_end, up, down), "float32")
+
+
+@keras.saving.register_keras_serializable(package="tf_fastbat")
+class OneCycleLR(keras.optimizers.schedules.LearningRateSchedule):
+    """torch's OneCycleLR (cosine, two phases): max_lr/div_factor -> max_lr over pct_start of `total_steps`
+    scheduler steps, then -> max_lr/(div_factor*final_div_factor); one scheduler step per `steps_per_unit`
+    optimizer steps (FastAT_Benchmark calls scheduler.step() once per epoch with total_steps = epochs)."""
+
+    def __init__(self, max_lr: float, total_steps: int, steps_per_unit: int = 1, pct_start: float = 0.3,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4):
+        self.max_lr, self.total_steps = float(max_lr), int(total_steps)
+        self.steps_per_unit = max(1, int(steps_per_unit))
+        self.pct_start = float(pct_start)
+        self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
+        if self.total_steps < 1 or not 0.0 < self.pct_start < 1.0:
+            raise ValueError(f"one-cycle schedule needs total_steps >= 1 and pct_start in (0, 1), got "
+                             f"{total_steps}, {pct_start}")
+
+    def __call__(self, step):
+        initial = self.max_lr / self.div_factor
+        final = initial / self.final_div_factor
+        return one_cycle(step, self.steps_per_unit, self.total_steps, self.pct_start, (initial, self.max_lr),
+                         (self.max_lr, final))
+
+    def get_config(self):
+        return {"max_lr": self.max_lr, "total_steps": self.total_steps, "steps_per_unit": self.steps_per_unit,
+                "pct_start": self.pct_start, "div_factor": self.div_factor, "final_div_factor": self.final_div_factor}
+
+
+@keras.saving.register_keras_serializable(package="tf_fastbat")
+class OneCycleMomentum(keras.optimizers.schedules.LearningRateSchedule):
+    """torch OneCycleLR's momentum (cycle_momentum=True): max_momentum -> base_momentum while the lr rises,
+    back to max_momentum while it falls, on the same steps as OneCycleLR."""
+
+    def __init__(self, base_momentum: float, max_momentum: float, total_steps: int, steps_per_unit: int = 1,
+                 pct_start: float = 0.3):
+        self.base_momentum, self.max_momentum = float(base_momentum), float(max_momentum)
+        self.total_steps, self.pct_start = int(total_steps), float(pct_start)
+        self.steps_per_unit = max(1, int(steps_per_unit))
+
+    def __call__(self, step):
+        return one_cycle(step, self.steps_per_unit, self.total_steps, self.pct_start,
+                         (self.max_momentum, self.base_momentum), (self.base_momentum, self.max_momentum))
+
+    def get_config(self):
+        return {"base_momentum": self.base_momentum, "max_momentum": self.max_momentum,
+                "total_steps": self.total_steps, "steps_per_unit": self.steps_per_unit, "pct_start": self.pct_start}
+
+
 def cyclic_steps(epochs: int, steps_per_epoch: int, cyclic_milestone: float = None) -> Tuple[int, int]:
     """(step_size_up, step_size_down) as the official trainer passes them to CyclicLR (int() truncates)."""
     milestone = epochs / 2 if cyclic_milestone is None else cyclic_milestone
@@ -119,17 +190,23 @@ def cyclic_steps(epochs: int, steps_per_epoch: int, cyclic_milestone: float = No
 
 def schedule(kind: str, *, epochs: int, steps_per_epoch: int, lr_max: float, lr_min: float = 0.0,
              cyclic_milestone: float = None, key_epochs: Sequence[int] = (), decay: float = 0.1):
-    """The --lr_schedule: "cyclic" (peak at `cyclic_milestone` epochs, default mid-run) or "multistep"."""
+    """The --lr_schedule: "cyclic" (peak at `cyclic_milestone` epochs, default mid-run), "multistep", or
+    "one_cycle" (torch's OneCycleLR stepped once per epoch, peak lr_max, as FastAT_Benchmark uses it)."""
+    if kind == "one_cycle":
+        return OneCycleLR(lr_max, epochs, steps_per_epoch)
     if kind == "cyclic":
         return CyclicLR(lr_min, lr_max, *cyclic_steps(epochs, steps_per_epoch, cyclic_milestone))
     if kind == "multistep":
         return MultiStepLR(lr_max, [e * steps_per_epoch for e in key_epochs], decay)
-    raise ValueError(f"unknown --lr_schedule {kind!r}; choose cyclic or multistep")
+    raise ValueError(f"unknown --lr_schedule {kind!r}; choose cyclic, multistep or one_cycle")
 
 
 def momentum_schedule(kind: str, *, momentum: float, cycle_momentum: bool, base_momentum: float = 0.8,
                       epochs: int, steps_per_epoch: int, cyclic_milestone: float = None):
-    """SGD's momentum: cycled against the cyclic learning rate (torch's CyclicLR default), else constant."""
+    """SGD's momentum: cycled against the cyclic or one-cycle learning rate (torch's CyclicLR and OneCycleLR
+    default), else constant."""
+    if kind == "one_cycle" and cycle_momentum:
+        return OneCycleMomentum(base_momentum, momentum, epochs, steps_per_epoch)
     if kind == "cyclic" and cycle_momentum:
         return CyclicMomentum(base_momentum, momentum, *cyclic_steps(epochs, steps_per_epoch, cyclic_milestone))
     return momentum

@@ -1,7 +1,8 @@
 """Resuming a run where it stopped, bit-identically: what a backup holds and the callback that writes it.
 
 A backup holds the classifier's and optimizer's variables (weights, BatchNorm statistics, momentum, step
-counter), each replica's loss/accuracy accumulators of the epoch in progress, the position in the data stream
+counter), the method's state (e.g. FGSM-PGI's per-example perturbations), the weight average (if the run
+averages), each replica's loss/accuracy accumulators of the epoch in progress, the position in the data stream
 (epoch, batches done; the stream is a function of the seed and that position, `data.Splits.train_from`), the
 early-stopping state (best.json and a link to best.keras) and the number of training-log rows. The attack noise
 is a function of (seed, optimizer step), so it needs nothing.
@@ -70,6 +71,12 @@ def truncate_log(path: str, rows: int) -> None:
         os.replace(temporary, path)
 
 
+def _averaged_variables(trainer: keras.Model) -> list:
+    """The weight average's variables (tf_fastbat.weight_averaging), none when the run does not average."""
+    average = getattr(trainer, "average", None)
+    return [] if average is None else list(average.model.variables)
+
+
 class RunState:
     """Reads and restores everything of a run that a backup holds."""
 
@@ -80,7 +87,9 @@ class RunState:
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
         optimizer = trainer.optimizer
         self.variables = [("model/" + v.path, v) for v in trainer.classifier.variables] + \
-                         [("optimizer/" + v.path, v) for v in optimizer.variables]
+                         [("optimizer/" + v.path, v) for v in optimizer.variables] + \
+                         [("method/" + name, v) for name, v in sorted(getattr(trainer, "method_state", {}).items())] + \
+                         [("average/" + v.path, v) for v in _averaged_variables(trainer)]
         self.metric_variables = [v for metric in trainer.metrics for v in metric.variables]
         self._gather = tf.function(self._gather_metrics)
         self._assign = tf.function(self._assign_metrics)

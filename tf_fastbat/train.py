@@ -43,7 +43,7 @@ def run(f=FLAGS) -> dict:
     import numpy as np
 
     from tf_fastbat import (backup, callbacks as cb, data, distribution, evaluation, interrupt, methods, models,
-                            optim, report, resume)
+                            optim, report, resume, weight_averaging)
     from tf_fastbat.checkpoints import write_json_atomic, read_json
     from tf_fastbat.metrics import GradientAlignmentLogger
     from tf_fastbat.trainer import assemble, sgd
@@ -55,7 +55,7 @@ def run(f=FLAGS) -> dict:
     source = data.load(f.dataset, f.data_dir, f.manual_dir, f.image_size)
     es_examples = sys.maxsize if f.es_num_examples < 0 else f.es_num_examples
     splits = data.splits(source, f.batch_size, f.val_ratio, f.seed, es_examples, f.data_dir,
-                         drop_remainder=strategy.num_replicas_in_sync > 1)
+                         drop_remainder=strategy.num_replicas_in_sync > 1, with_index=method.needs_index)
     steps_per_epoch = -(-splits.num_train // f.batch_size)
     if splits.num_train and strategy.num_replicas_in_sync > 1:
         steps_per_epoch = splits.num_train // f.batch_size
@@ -82,7 +82,9 @@ def run(f=FLAGS) -> dict:
                                            base_momentum=f.base_momentum, epochs=f.epochs,
                                            steps_per_epoch=steps_per_epoch, cyclic_milestone=f.cyclic_milestone)
         trainer = assemble(classifier, method, sgd(lr, momentum, f.weight_decay, f.mixed_precision), seed=f.seed,
-                           jit_compile=f.jit_compile)
+                           jit_compile=f.jit_compile, num_examples=splits.num_train, steps_per_epoch=steps_per_epoch)
+        trainer.average = weight_averaging.maybe(classifier, f.weight_averaging)
+    validated = classifier if trainer.average is None else trainer.average.model  # checkpointed, reported, exported
 
     log_path = os.path.join(workdir, "training_log.csv")
     state = resume.RunState(trainer, strategy, checkpoint_dir, log_path, f.batch_size, steps_per_epoch)
@@ -102,8 +104,8 @@ def run(f=FLAGS) -> dict:
     callbacks = [
         timer,
         cb.NonFiniteLossGuard(),
-        cb.RobustValidation(classifier, checkpoint_dir, val_x, val_y, method.eps or eval_eps[0],
-                            f.es_attack_step, f.es_restarts, f.seed),
+        cb.RobustValidation(validated, checkpoint_dir, val_x, val_y, method.eps or eval_eps[0],
+                            f.es_attack_step, f.es_restarts, f.seed, verbose=chief),
         keras.callbacks.CSVLogger(log_path, append=True),
         resume.StepBackup(state, backup_dir, epochs=f.epochs, chief=chief, every_steps=f.backup_every_steps,
                           every_seconds=f.backup_every_seconds, restored=restored, timer=timer, stop=stop,
@@ -130,7 +132,8 @@ def run(f=FLAGS) -> dict:
             results["last"] = results["best"]  # the best epoch was the last: the same weights
         elif os.path.exists(path):
             results[name] = evaluation.pgd_report(evaluation.classifier_logits(models.load(path)), test_x, test_y,
-                                                  eval_eps, f.eval_attack_step, f.eval_restarts, f.seed)
+                                                  eval_eps, f.eval_attack_step, f.eval_restarts, f.seed,
+                                                  label=f"{name} checkpoint" if chief else None)
     primary = results.get("best") or results["last"]
     epoch_seconds = history.get("epoch_seconds", [])
     full = {**primary, "model": "best" if "best" in results else "last", "checkpoints": results,
@@ -144,13 +147,33 @@ def run(f=FLAGS) -> dict:
         table = report.markdown_table(results)
         with open(os.path.join(workdir, "report.md"), "w") as out:
             out.write(table + "\n")
+        for kind, path in write_plots(workdir, log_path, results, best_epoch).items():
+            print(f"wrote {path} ({kind})")
         print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {workdir}):\n{table}")
+        print(report.reading_guide(source.name, splits.num_train, 0 if val_x is None else len(val_x), len(test_x),
+                                   source.num_classes))
         if f.export_dir:
             from tf_fastbat.serving.publish import export_after_training
 
             exported = export_after_training(workdir, f.export_dir, f.export_model_name, examples=(test_x, test_y))
             print("\n".join(f"exported {kind}: {path}" for kind, path in exported.items()))
     return full
+
+
+def write_plots(workdir: str, log_path: str, results: dict, best_epoch) -> dict:
+    """The training curves (held-out RA per epoch, best epoch marked) and RA against eps of best and last."""
+    from tf_fastbat import plots
+
+    written = {}
+    if os.path.isfile(log_path):
+        written["training_curves"] = os.path.join(workdir, "training_curves.png")
+        plots.training_curves(log_path, written["training_curves"], best_epoch)
+    same = results.get("last") is results.get("best")  # the best epoch was the last: one curve
+    models = {"best (= last)": results["best"]} if same and "best" in results else results
+    if any(result["robust_accuracy"] for result in models.values()):
+        written["ra_vs_eps"] = os.path.join(workdir, "ra_vs_eps.png")
+        plots.robust_accuracy_vs_eps(models, written["ra_vs_eps"])
+    return written
 
 
 def validation_arrays(splits, limit: int):

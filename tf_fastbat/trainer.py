@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Tuple
 
 import keras
 import tensorflow as tf
 
 from tf_fastbat.methods import Method
+from tf_fastbat.methods import state as method_state
+from tf_fastbat.methods.base import StepContext
 
 
 def replicas_in_sync() -> int:
@@ -51,16 +54,51 @@ def loss_scale(optimizer) -> Optional[tf.Tensor]:
     return None
 
 
-class AdversarialTrainer(keras.Model):
-    """Wraps a classifier; `fit` trains it with `method` (any of tf_fastbat.methods)."""
+def takes_context(method: Method) -> bool:
+    """True if the method's `step` has a `context` parameter (older methods are called without one)."""
+    return "context" in inspect.signature(method.step).parameters
 
-    def __init__(self, classifier: keras.Model, method: Method, seed: int = 0, **kwargs):
+
+class AdversarialTrainer(keras.Model):
+    """Wraps a classifier; `fit` trains it with `method` (any of tf_fastbat.methods).
+
+    A method with state (`state_spec`) or example positions (`needs_index`) needs `num_examples` (the training set
+    size) and `steps_per_epoch`; its variables are created here, so inside the strategy's scope when built there.
+    """
+
+    average = None  # a weight_averaging.WeightAverage of the classifier, set by the training tool when averaging
+
+    def __init__(self, classifier: keras.Model, method: Method, seed: int = 0, num_examples: Optional[int] = None,
+                 steps_per_epoch: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
         self.method = method
         self.seed = int(seed)
+        self.steps_per_epoch = steps_per_epoch
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        spec = method.state_spec(num_examples or 0, tuple(classifier.input_shape[1:]))
+        if (spec or method.needs_index) and (num_examples is None or steps_per_epoch is None):
+            raise ValueError(f"--method={method.name} keeps per-example state: the trainer needs num_examples and "
+                             "steps_per_epoch")
+        self._takes_context = takes_context(method)
+        self._method_variables = method_state.create(spec)
+
+    @property
+    def method_state(self) -> dict:
+        """name -> variable of the method's state (empty for stateless methods); backups save these."""
+        return dict(self._method_variables)
+
+    def _context(self, index: Optional[tf.Tensor]) -> StepContext:
+        """The step's StepContext: the position in training from the optimizer's step counter."""
+        step = tf.cast(tf.identity(self.optimizer.iterations), tf.int64)
+        if self.steps_per_epoch:
+            epoch = tf.cast(tf.cast(step, tf.float64) / float(self.steps_per_epoch), tf.float32)
+            epoch_index = step // int(self.steps_per_epoch)
+        else:
+            epoch, epoch_index = tf.constant(float("nan"), tf.float32), tf.constant(-1, tf.int64)
+        index = tf.cast(index, tf.int64) if index is not None and self.method.needs_index else None
+        return StepContext(step, epoch, epoch_index, index, self.method_state)
 
     def call(self, x, training=False):
         return self.classifier(x, training=training)
@@ -81,18 +119,24 @@ class AdversarialTrainer(keras.Model):
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)  # fit gives (x, y), train_on_batch (x, y, None)
+        # fit gives (x, y), train_on_batch (x, y, None); a method that needs_index gets (x, y, positions).
+        x, y, index = keras.utils.unpack_x_y_sample_weight(data)
         x = tf.cast(x, tf.float32)
         offset, global_batch = batch_layout(tf.shape(x)[0])
         noise = replica_noise(tf.shape(x), self.method.eps, self.seed, self.optimizer.iterations, offset,
                               global_batch)
+        if self.method.needs_index and index is None:
+            raise ValueError(f"--method={self.method.name} needs the examples' positions: batches (x, y, index)")
+        extra = {"context": self._context(index)} if self._takes_context else {}
         # Gradients come back multiplied by the loss scale (float16); the LossScaleOptimizer divides it out.
-        result = self.method.step(self.classifier, x, y, noise, loss_scale=loss_scale(self.optimizer))
+        result = self.method.step(self.classifier, x, y, noise, loss_scale=loss_scale(self.optimizer), **extra)
         grads = result.grads
         if replicas_in_sync() > 1:  # each replica's batch-mean gradient becomes its share of the global mean
             share = tf.cast(tf.shape(x)[0], tf.float32) / global_batch  # the optimizer sums over replicas
             grads = [g * tf.cast(share, g.dtype) for g in grads]
         self.optimizer.apply_gradients(zip(grads, self.classifier.trainable_variables))
+        if self.average is not None:  # weight averaging (tf_fastbat.weight_averaging), after every step
+            self.average.update(self.optimizer.iterations)
         logits = tf.cast(result.logits, tf.float32)
         self.loss_tracker.update_state(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits))
         self.accuracy_tracker.update_state(y, logits)
@@ -127,11 +171,12 @@ def sgd(learning_rate, momentum, weight_decay: float, mixed_precision: str = "fl
     return keras.optimizers.LossScaleOptimizer(optimizer) if mixed_precision == "mixed_float16" else optimizer
 
 
-def assemble(classifier: keras.Model, method: Method, optimizer, *, seed: int, jit_compile: bool = False
-             ) -> AdversarialTrainer:
-    """The compiled trainer with classifier and optimizer built (inside the strategy's scope, if any), so that a
-    backup restores into it and Keras has no symbolic build left to do."""
-    trainer = AdversarialTrainer(classifier, method, seed=seed)
+def assemble(classifier: keras.Model, method: Method, optimizer, *, seed: int, jit_compile: bool = False,
+             num_examples: Optional[int] = None, steps_per_epoch: Optional[int] = None) -> AdversarialTrainer:
+    """The compiled trainer with classifier, optimizer and method state built (inside the strategy's scope, if any),
+    so that a backup restores into it and Keras has no symbolic build left to do."""
+    trainer = AdversarialTrainer(classifier, method, seed=seed, num_examples=num_examples,
+                                 steps_per_epoch=steps_per_epoch)
     trainer.compile(optimizer=optimizer, jit_compile=jit_compile)
     trainer(tf.zeros((1, *classifier.input_shape[1:]), tf.float32))
     optimizer.build(classifier.trainable_variables)

@@ -90,12 +90,16 @@ class EngineCache:
 
 
 def restart_progress(progress: Optional[Progress], stage: str, num_examples: int, restarts: int):
-    """PGD's (restart, done, attacked) callback as progress(stage, examples done, restarts x examples)."""
+    """PGD's (restart, done, attacked) callback as progress(stage, example-restarts done, restarts x examples).
+
+    An example no longer attacked (misclassified, or broken by an earlier restart) counts as done for this and every
+    later restart at once, so that the rate, and the ETA, measure the attack work that is actually left.
+    """
     if progress is None:
         return None
     total = num_examples * restarts
 
     def report(restart: int, done: int, attacked: int) -> None:
-        progress(stage, restart * num_examples + (num_examples - attacked) + done, total)
+        progress(stage, restart * num_examples + done + (num_examples - attacked) * (restarts - restart), total)
 
     return report

@@ -66,7 +66,8 @@ class PGD:
                     progress: Optional[Callable[[int, int, int], None]] = None) -> np.ndarray:
         """Boolean per example: still correctly classified after every restart.
 
-        `progress(restart, done, attacked)` follows each batch: `done` of this restart's `attacked` examples.
+        `progress(restart, done, attacked)` is called as each restart starts (done = 0; `attacked` are the examples
+        still robust) and after each of its batches, so a restart with nothing left to attack reports (r, 0, 0).
         """
         step_size = eps / 4.0 if step_size is None else step_size
         y = np.asarray(y)
@@ -75,6 +76,8 @@ class PGD:
             return robust
         for restart in range(restarts):
             remaining = np.flatnonzero(robust)
+            if progress is not None:
+                progress(restart, 0, len(remaining))
             for start in range(0, len(remaining), self.batch_size):
                 index = remaining[start:start + self.batch_size]
                 x_adv = self.perturb(x[index], y[index], eps, steps, step_size,

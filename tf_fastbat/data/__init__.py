@@ -31,8 +31,9 @@ class Splits:
 
 
 def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validation_examples: int,
-           data_dir: Optional[str] = None, drop_remainder: bool = False) -> Splits:
-    """Training, held-out validation and test pipelines for `source`."""
+           data_dir: Optional[str] = None, drop_remainder: bool = False, with_index: bool = False) -> Splits:
+    """Training, held-out validation and test pipelines for `source`; with `with_index` the training batches are
+    (images, labels, positions in the training split), for methods with per-example state."""
     if source.in_memory:
         (x_train, y_train), (x_val, y_val) = pipeline.split_validation(
             source.x_train, source.y_train, val_ratio, seed)
@@ -42,7 +43,7 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
         x_val, y_val = x_val[:validation_examples], y_val[:validation_examples]
 
         def train_from(start: int) -> tf.data.Dataset:
-            return pipeline.array_stream(x_train, y_train, batch_size, seed, start, drop_remainder)
+            return pipeline.array_stream(x_train, y_train, batch_size, seed, start, drop_remainder, with_index)
 
         train = train_from(0).take(pipeline.batches_per_epoch(len(x_train), batch_size, drop_remainder))
         validation = pipeline.array_dataset(x_val, y_val, batch_size, training=False, seed=seed) if len(x_val) else None
@@ -60,7 +61,7 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
 
         def train_from(start: int) -> tf.data.Dataset:
             return pipeline.file_stream(files[train_idx], labels[train_idx], batch_size, size, seed, start,
-                                        drop_remainder)
+                                        drop_remainder, with_index)
 
         train = train_from(0).take(pipeline.batches_per_epoch(len(train_idx), batch_size, drop_remainder))
         validation = pipeline.file_dataset(files[val_idx], labels[val_idx], batch_size, size, training=False,
@@ -69,6 +70,9 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
                                      seed=seed)
         return Splits(source, train, validation, None, None, test, len(train_idx), train_from)
     # Streamed TFDS (ImageNet): its validation split is the test set; hold out the training tail for early stopping.
+    if with_index:
+        raise DataError(f"{source.name} is streamed from TFDS in a shuffled order without example positions; a "
+                        "method with per-example state needs in-memory or folder: data")
     percent = int(round(100 * (1 - val_ratio)))
     train = pipeline.tfds_stream(source.name, f"train[:{percent}%]", data_dir, batch_size, size, training=True,
                                  seed=seed, drop_remainder=drop_remainder)

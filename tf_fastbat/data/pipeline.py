@@ -71,41 +71,46 @@ def epoch_order(count: int, seed: int, epoch: tf.Tensor) -> Tuple[tf.Tensor, tf.
 
 
 def training_stream(count: int, example: Callable[[tf.Tensor, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]],
-                    batch_size: int, seed: int, start_batch: int = 0, drop_remainder: bool = False) -> tf.data.Dataset:
+                    batch_size: int, seed: int, start_batch: int = 0, drop_remainder: bool = False,
+                    with_index: bool = False) -> tf.data.Dataset:
     """The endless training stream from global batch `start_batch` on: epoch after epoch of `epoch_order`, each
     example made by `example(index, augmentation seed)`, batched within its epoch (the last batch may be short).
+    With `with_index` each element also carries the examples' int64 positions (for methods with per-example state);
+    the order and the examples are the same either way.
 
     The batches already consumed are skipped as indices, before any example is loaded or augmented.
     """
     first_epoch, skipped = divmod(int(start_batch), batches_per_epoch(count, batch_size, drop_remainder))
+    make = (lambda i, s: (*example(i, s), i)) if with_index else example
 
     def epoch(number):
         order, seeds = epoch_order(count, seed, number)
         skip = tf.where(number == first_epoch, tf.constant(skipped * batch_size, tf.int64), tf.constant(0, tf.int64))
         return (tf.data.Dataset.from_tensor_slices((order, seeds)).skip(skip)
-                .map(example, num_parallel_calls=tf.data.AUTOTUNE)
+                .map(make, num_parallel_calls=tf.data.AUTOTUNE)
                 .batch(batch_size, drop_remainder=drop_remainder))
 
     return tf.data.Dataset.range(first_epoch, _ENDLESS).flat_map(epoch)
 
 
 def array_stream(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, start_batch: int = 0,
-                 drop_remainder: bool = False) -> tf.data.Dataset:
+                 drop_remainder: bool = False, with_index: bool = False) -> tf.data.Dataset:
     """Augmented training batches of uint8 arrays from global batch `start_batch` on (see `training_stream`)."""
     images, labels = tf.constant(x), tf.constant(y.astype(np.int32))
     stream = training_stream(len(x), lambda i, s: (_pad_crop_flip(tf.gather(images, i), s), tf.gather(labels, i)),
-                             batch_size, seed, start_batch, drop_remainder)
-    return stream.map(lambda images, labels: (to_unit_range(images), labels)).prefetch(tf.data.AUTOTUNE)
+                             batch_size, seed, start_batch, drop_remainder, with_index)
+    return stream.map(lambda images, labels, *index: (to_unit_range(images), labels, *index)).prefetch(
+        tf.data.AUTOTUNE)
 
 
 def file_stream(files, labels, batch_size: int, size: int, seed: int, start_batch: int = 0,
-                drop_remainder: bool = False) -> tf.data.Dataset:
+                drop_remainder: bool = False, with_index: bool = False) -> tf.data.Dataset:
     """Augmented training batches of JPEG/PNG files from global batch `start_batch` on (see `training_stream`)."""
     paths, classes = tf.constant(list(files)), tf.constant(np.asarray(labels, np.int32))
     stream = training_stream(len(files), lambda i, s: (_random_resized_crop_flip(_decode(tf.gather(paths, i)), s, size),
                                                        tf.gather(classes, i)),
-                             batch_size, seed, start_batch, drop_remainder)
-    return stream.map(lambda images, labels: (images / 255.0, labels)).prefetch(tf.data.AUTOTUNE)
+                             batch_size, seed, start_batch, drop_remainder, with_index)
+    return stream.map(lambda images, labels, *index: (images / 255.0, labels, *index)).prefetch(tf.data.AUTOTUNE)
 
 
 def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool, seed: int,

@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 
 from tf_fastbat.methods.base import Method
+from tf_fastbat.methods.elle import ElleA
 from tf_fastbat.methods.fast_at import FastAT
 from tf_fastbat.methods.fast_at_ga import FastATGA
 from tf_fastbat.methods.fast_bat import FastBAT
+from tf_fastbat.methods.fgsm_pgi import FGSMPGI
 from tf_fastbat.methods.n_fgsm import NFGSM
+from tf_fastbat.methods.nu_at import NuAT
 from tf_fastbat.methods.pgd import PGD
 from tf_fastbat.methods.standard import Standard
 
-REGISTRY = {cls.name: cls for cls in (FastBAT, FastAT, FastATGA, PGD, NFGSM, Standard)}
+REGISTRY = {cls.name: cls for cls in (FastBAT, FastAT, FastATGA, PGD, NFGSM, Standard, FGSMPGI, NuAT, ElleA)}
 NAMES = tuple(REGISTRY)
 
 
@@ -25,6 +28,8 @@ def build(name: str, **hparams) -> Method:
     unknown = sorted(set(hparams) - accepted)
     if unknown:
         raise ValueError(f"--method={name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+    if hparams.get("label_smoothing") and not cls.smoothed_losses:
+        raise ValueError(f"--method={name} does not apply --label_smoothing (methods.base.Method.smoothed_losses)")
     return cls(**hparams)
 
 

@@ -1,11 +1,13 @@
-"""The interface every training method implements."""
+"""The interface every training method implements, and the per-step context a stateful method reads."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import List, NamedTuple, Optional
+from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
+
+StateSpec = Dict[str, Tuple[Tuple[int, ...], tf.DType]]
 
 
 class Step(NamedTuple):
@@ -16,13 +18,42 @@ class Step(NamedTuple):
     logits: tf.Tensor
 
 
+class StepContext(NamedTuple):
+    """Where the step stands and the method's state: given to methods whose `step` takes `context`.
+
+    step: int64 optimizer iterations before this step; epoch: float32 fractional epochs done (step / steps per
+    epoch; NaN when the trainer does not know the epoch length); epoch_index: int64 0-based epoch of this step (-1
+    when unknown); index: int64 [local batch] positions of the examples in the training set (None unless the method
+    `needs_index`); state: the variables of `state_spec` (write them through `methods.state`).
+    """
+
+    step: tf.Tensor
+    epoch: tf.Tensor
+    epoch_index: tf.Tensor
+    index: Optional[tf.Tensor]
+    state: Dict[str, tf.Variable]
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A training method; `eps` and step sizes are fractions of the [0, 1] pixel range (8/255, not 8)."""
 
     eps: float = 8.0 / 255.0
+    label_smoothing: float = 0.0  # torch's CrossEntropyLoss(label_smoothing=...), on the losses `smoothed_losses` names
 
     name = "method"
+    needs_index: ClassVar[bool] = False  # True: the training batches carry the examples' positions (context.index)
+    # Where label smoothing applies: "training" (the loss the weights descend) and "attack" (the attack's loss),
+    # as FastAT_Benchmark applies its criterion per method; a method that names neither refuses label_smoothing > 0.
+    smoothed_losses: ClassVar[Tuple[str, ...]] = ()
+
+    def smoothing(self, loss: str) -> float:
+        """The label smoothing of `loss` ("training" or "attack"): label_smoothing where the method applies it."""
+        return self.label_smoothing if loss in self.smoothed_losses else 0.0
+
+    def state_spec(self, num_examples: int, input_shape: Tuple[int, ...]) -> StateSpec:
+        """name -> (shape, dtype) of the variables the method keeps across steps (zeros at the start); none here."""
+        return {}
 
     def step(self, model, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor,
              loss_scale: Optional[tf.Tensor] = None) -> Step:
@@ -30,6 +61,7 @@ class Method:
 
         With `loss_scale` S (float16 training) every differentiated loss is multiplied by S: the returned
         gradients are S times the true ones (the LossScaleOptimizer divides S out); attack directions are not.
+        A method that needs the epoch, the example positions or its state adds a `context: StepContext` parameter.
         """
         raise NotImplementedError
 

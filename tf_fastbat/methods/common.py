@@ -20,16 +20,21 @@ def clip_to_box(delta: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(x + delta, 0.0, 1.0) - x
 
 
-def ce_sum(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    """Summed cross-entropy (the official code's attack loss, up to sign)."""
+def ce_sum(logits: tf.Tensor, y: tf.Tensor, smoothing: float = 0.0) -> tf.Tensor:
+    """Summed cross-entropy (the official code's attack loss, up to sign); with `smoothing` s, torch's label
+    smoothing: the target is (1 - s) one_hot(y) + s / K, i.e. (1 - s) CE(y) + s mean_k CE(k)."""
     logits = tf.cast(logits, tf.float32)
-    return tf.reduce_sum(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=logits))
+    if not smoothing:
+        return tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=logits))
+    log_p = tf.nn.log_softmax(logits, axis=-1)
+    true_class = tf.gather(log_p, tf.cast(y, tf.int32), axis=1, batch_dims=1)
+    return -tf.reduce_sum((1.0 - smoothing) * true_class + smoothing * tf.reduce_mean(log_p, axis=-1))
 
 
-def ce_mean(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    """Batch-mean cross-entropy: the training objective."""
-    return ce_sum(logits, y) / tf.cast(tf.shape(logits)[0], tf.float32)
+def ce_mean(logits: tf.Tensor, y: tf.Tensor, smoothing: float = 0.0) -> tf.Tensor:
+    """Batch-mean cross-entropy (label-smoothed by `smoothing`): the training objective."""
+    return ce_sum(logits, y, smoothing) / tf.cast(tf.shape(logits)[0], tf.float32)
 
 
 def scaled(loss: tf.Tensor, loss_scale: Optional[tf.Tensor]) -> tf.Tensor:
@@ -43,22 +48,25 @@ def unscaled(gradient: tf.Tensor, loss_scale: Optional[tf.Tensor]) -> tf.Tensor:
 
 
 def input_gradient(model, x: tf.Tensor, y: tf.Tensor, delta: tf.Tensor,
-                   loss_scale: Optional[tf.Tensor] = None) -> tf.Tensor:
+                   loss_scale: Optional[tf.Tensor] = None, smoothing: float = 0.0) -> tf.Tensor:
     """grad_delta CE_sum(theta; x + delta), the model in training mode like the official attack loops."""
     with tf.GradientTape() as tape:
         tape.watch(delta)
-        loss = scaled(ce_sum(model(x + delta, training=True), y), loss_scale)
+        loss = scaled(ce_sum(model(x + delta, training=True), y, smoothing), loss_scale)
     return unscaled(tape.gradient(loss, delta), loss_scale)
 
 
-def train_on(model, x_adv: tf.Tensor, y: tf.Tensor, loss_scale: Optional[tf.Tensor] = None) -> Step:
-    """The Step of plain cross-entropy training at the input x_adv (gradients times the loss scale, if any)."""
+def train_on(model, x_adv: tf.Tensor, y: tf.Tensor, loss_scale: Optional[tf.Tensor] = None,
+             smoothing: float = 0.0) -> Step:
+    """The Step of plain (label-smoothed by `smoothing`) cross-entropy training at the input x_adv (gradients
+    times the loss scale, if any)."""
     with tf.GradientTape() as tape:
         logits = model(x_adv, training=True)
-        loss = scaled(ce_mean(logits, y), loss_scale)
+        loss = scaled(ce_mean(logits, y, smoothing), loss_scale)
     return Step(tape.gradient(loss, model.trainable_variables), x_adv, logits)
 
 
-def signed_step(model, x, y, delta, step_size: float, loss_scale: Optional[tf.Tensor] = None) -> tf.Tensor:
+def signed_step(model, x, y, delta, step_size: float, loss_scale: Optional[tf.Tensor] = None,
+                smoothing: float = 0.0) -> tf.Tensor:
     """delta + step_size * sign(grad_delta CE): one FGSM/PGD ascent step, before projection."""
-    return delta + step_size * tf.sign(input_gradient(model, x, y, delta, loss_scale))
+    return delta + step_size * tf.sign(input_gradient(model, x, y, delta, loss_scale, smoothing))

@@ -14,12 +14,14 @@ class FastAT(Method):
     attack_lr: Optional[float] = None  # None: 1.25 * eps, as in the official code
 
     name = "fast_at"
+    smoothed_losses = ("attack", "training")  # FastAT_Benchmark's FGSM-RS uses its criterion for both
 
     def step_size(self) -> float:
         return 1.25 * self.eps if self.attack_lr is None else self.attack_lr
 
     def step(self, model, x, y, noise, loss_scale=None):
         random_start = project(noise, x, self.eps)
-        delta = project(signed_step(model, x, y, random_start, self.step_size(), loss_scale), x, self.eps)
+        delta = project(signed_step(model, x, y, random_start, self.step_size(), loss_scale, self.smoothing("attack")),
+                        x, self.eps)
         x_adv = x + delta
-        return train_on(model, x_adv, y, loss_scale)
+        return train_on(model, x_adv, y, loss_scale, self.smoothing("training"))

@@ -45,6 +45,7 @@ class FastATGA(Method):
     attack_lr: Optional[float] = None  # None: 1.25 eps
 
     name = "fast_at_ga"
+    smoothed_losses = ("training",)  # FastAT_Benchmark's GradAlign: plain CE for the FGSM and alignment gradients
 
     def coefficient(self) -> float:
         return default_ga_coef(self.eps) if self.ga_coef is None else self.ga_coef
@@ -59,7 +60,7 @@ class FastATGA(Method):
         variables = model.trainable_variables
         with tf.GradientTape() as adversarial_tape, FORWARDS.at("adversarial"):
             logits = model(x_adv, training=True)
-            adversarial_loss = scaled(ce_mean(logits, y), loss_scale)
+            adversarial_loss = scaled(ce_mean(logits, y, self.smoothing("training")), loss_scale)
         grads = adversarial_tape.gradient(adversarial_loss, variables)
         # The noisy point x + eta is not clipped to [0, 1]: both official implementations take it as is.
         with tf.GradientTape() as cross_tape:

@@ -38,6 +38,7 @@ class FastBAT(Method):
     cg_steps: int = 5  # conjugate-gradient iterations of the Hessian-aware solve
 
     name = "fast_bat"
+    smoothed_losses = ("training",)  # the upper-level loss at delta* (not in FastAT_Benchmark; like its PGD-AT)
 
     def __post_init__(self):
         if self.linearization not in LINEARIZATIONS:
@@ -95,7 +96,7 @@ class FastBAT(Method):
         with tf.GradientTape() as star_tape, forwards.at("lower_level_solution"):
             star_tape.watch(lower_level_solution)
             logits = model(x + lower_level_solution, training=True)
-            loss_at_star = scaled(ce_sum(logits, y), loss_scale)
+            loss_at_star = scaled(ce_sum(logits, y, self.smoothing("training")), loss_scale)
         grad_theta_star, grad_delta_star = star_tape.gradient(loss_at_star, [variables, lower_level_solution])
         mask = interior_mask(lower_level_solution, x, self.eps)
         # eqs. 10-11: d delta*/d theta^T g = (1/lambda) grad_theta <grad_delta CE(z), H g>, Hessian-free.

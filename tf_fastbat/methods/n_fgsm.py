@@ -15,12 +15,13 @@ class NFGSM(Method):
     attack_lr: Optional[float] = None  # alpha; None: eps
 
     name = "n_fgsm"
+    smoothed_losses = ("attack", "training")  # FastAT_Benchmark's N-FGSM uses its criterion for both
 
     def step(self, model, x, y, noise, loss_scale=None):
         k = 2.0 * self.eps if self.noise_magnitude is None else self.noise_magnitude
         alpha = self.eps if self.attack_lr is None else self.attack_lr
         # `noise` is U[-eps, eps]; rescaling gives U[-k, k] without a second random draw.
         augmentation = clip_to_box(noise * (k / self.eps), x)
-        delta = clip_to_box(signed_step(model, x, y, augmentation, alpha, loss_scale), x)
+        delta = clip_to_box(signed_step(model, x, y, augmentation, alpha, loss_scale, self.smoothing("attack")), x)
         x_adv = x + delta
-        return train_on(model, x_adv, y, loss_scale)
+        return train_on(model, x_adv, y, loss_scale, self.smoothing("training"))

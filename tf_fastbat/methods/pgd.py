@@ -22,6 +22,7 @@ class PGD(Method):
     attack_lr: Optional[float] = None
 
     name = "pgd"
+    smoothed_losses = ("training",)  # FastAT_Benchmark's PGD-AT attack is torchattacks' PGD, its own plain CE
 
     def step_size(self) -> float:
         return default_step_size(self.eps, self.steps) if self.attack_lr is None else self.attack_lr
@@ -29,6 +30,7 @@ class PGD(Method):
     def step(self, model, x, y, noise, loss_scale=None):
         delta = project(noise, x, self.eps)
         for _ in range(self.steps):
-            delta = project(signed_step(model, x, y, delta, self.step_size(), loss_scale), x, self.eps)
+            delta = project(signed_step(model, x, y, delta, self.step_size(), loss_scale, self.smoothing("attack")),
+                            x, self.eps)
         x_adv = x + tf.stop_gradient(delta)
-        return train_on(model, x_adv, y, loss_scale)
+        return train_on(model, x_adv, y, loss_scale, self.smoothing("training"))

@@ -11,7 +11,8 @@ from tf_fastbat.methods.common import train_on
 @dataclasses.dataclass(frozen=True)
 class Standard(Method):
     name = "standard"
+    smoothed_losses = ("training",)
 
     def step(self, model, x, y, noise, loss_scale=None):
         del noise
-        return train_on(model, x, y, loss_scale)
+        return train_on(model, x, y, loss_scale, self.smoothing("training"))

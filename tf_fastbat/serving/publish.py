@@ -69,7 +69,7 @@ def measurement(x, y, eps_list: Sequence[float], attack_step: int, restarts: int
     def evaluate(logits_fn) -> Dict:
         from tf_fastbat.evaluation import pgd_report
 
-        result = pgd_report(logits_fn, x, y, eps_list, attack_step, restarts, seed)
+        result = pgd_report(logits_fn, x, y, eps_list, attack_step, restarts, seed, label="exported SavedModel")
         return {**result, "dataset": dataset, "split": "test", "examples": f"the first {len(x)} test examples",
                 "eps_255": [in_units(e) for e in eps_list],
                 "measured_on": "the exported SavedModel (serving_default logits)",

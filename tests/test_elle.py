@@ -1,0 +1,290 @@
+"""ELLE-A against LIONS-EPFL/ELLE core/utils/train.py written out here op by op (Trainer.loss with --reg ELLE and
+the onoff lambda rule of Trainer.train, its history a Python list and numpy's mean and std), over consecutive
+steps so that lambda moves; its BatchNorm moving averages against the official forward sequence; its state through
+a backup and restore (the restored trainer continues exactly); and 2 replicas under MirroredStrategy against one
+device (a subprocess: the logical devices must exist before TensorFlow starts)."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from test_official_updates import (BATCH, flat, moving_averages, real_batch, restore,  # noqa: F401
+                                   tiny_model, torch_rule_moving_averages)
+
+EPS8 = 8 / 255
+SEED = 11
+PRIOR = [2e-7, 3e-7, 2.5e-7]  # an error history before the first step, so that the first step is a spike
+LAMBDA_MAX = 2e5  # large enough that the penalty moves the tiny model's gradient by far more than the tolerance
+
+
+def triplet_draws(step, eps=EPS8, shape=(BATCH, 32, 32, 3)):
+    """The same stateless draws as the method: U[-eps, eps] for x_a and x_b, U[0, 1) for alpha."""
+    base = tf.constant([SEED, step], tf.int64)
+    draw = [tf.random.stateless_uniform(s, seed=tf.random.experimental.stateless_fold_in(base, salt), minval=lo,
+                                        maxval=hi)
+            for s, salt, lo, hi in ((shape, 1, -eps, eps), (shape, 2, -eps, eps), (shape[:1], 3, 0.0, 1.0))]
+    return draw[0], draw[1], tf.reshape(draw[2], [-1, 1, 1, 1])
+
+
+def official_loss(model, x, y, noise, draws, lin_reg, eps=EPS8, attack_step=EPS8, input_noise_rate=0.0,
+                  clamp=False):
+    """Trainer.loss, reg ELLE: the attack, out2, the triplet forward, lin_err, the clean metric forward."""
+    a_noise, b_noise, alpha = draws
+    batch = x.shape[0]
+    x_adv = x + input_noise_rate * noise  # input_noise_rate * attack_eps * (2 rand - 1)
+    with tf.GradientTape() as tape:
+        tape.watch(x_adv)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x_adv, training=True)))
+    start = x_adv
+    x_adv = x_adv + attack_step * tf.sign(tape.gradient(loss, x_adv))
+    if clamp:
+        x_adv = tf.minimum(tf.maximum(x_adv, x - eps), x + eps)
+    with tf.GradientTape() as tape:
+        out2 = model(x_adv, training=True)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, out2))
+        x_ab = tf.concat([x, x], axis=0) + tf.concat([a_noise, b_noise], axis=0)
+        x_c = (1 - alpha) * x_ab[:batch] + alpha * x_ab[batch:]
+        alpha = tf.reshape(alpha, [-1])
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            tf.tile(y, [3]), model(tf.concat([x_ab, x_c], axis=0), training=True))
+        lin_err = tf.reduce_mean(tf.square(losses[2 * batch:] - ((1 - alpha) * losses[:batch]
+                                                                  + alpha * losses[batch:2 * batch])))
+        loss = loss + lin_reg * lin_err
+    grads = tape.gradient(loss, model.trainable_variables)
+    model(x, training=True)  # preds_clean, for the accuracy metric
+    return grads, lin_err.numpy().item(), [start, x_adv, tf.concat([x_ab, x_c], axis=0), x]
+
+
+def official_onoff(elle_values, lin_reg, lin_err, lambda_aux, sensitivity=2.0, decay_rate=0.99):
+    """Trainer.train after loss.backward(), lambda_schedule onoff."""
+    if len(elle_values) > 2 and lin_err > np.mean(elle_values) + sensitivity * np.std(elle_values):
+        lin_reg = lambda_aux
+    else:
+        lin_reg *= decay_rate
+    elle_values.append(lin_err)
+    return lin_reg
+
+
+def seeded_state(variables, history, lam):
+    """Our state for an official run whose elle_values are `history` and whose lin_reg is `lam`."""
+    values = np.asarray(history, np.float64)
+    for name, value in (("lambda", lam), ("count", len(values)), ("mean", values.mean()),
+                        ("m2", ((values - values.mean()) ** 2).sum())):
+        variables[name].assign(value)
+
+
+def step_context(step, variables):
+    from tf_fastbat.methods.base import StepContext
+
+    return StepContext(tf.constant(step, tf.int64), tf.constant(0.0), tf.constant(0, tf.int64), None, variables)
+
+
+def sgd_update(model, grads, lr=0.05):
+    for variable, gradient in zip(model.trainable_variables, grads):
+        variable.assign_sub(lr * gradient)
+
+
+def test_consecutive_steps_equal_the_official_loop(real_batch):
+    """Five steps, SGD between them: every gradient, lambda and the error statistics agree; lambda both jumps to
+    lambda_max and decays along the way."""
+    from tf_fastbat import methods
+    from tf_fastbat.methods import state
+
+    x, y = real_batch
+    method = methods.build("elle_a", eps=EPS8, lin_reg=LAMBDA_MAX, seed=SEED)
+    variables = state.create(method.state_spec(0, (32, 32, 3)))
+    official_model, model = tiny_model(), tiny_model()
+    elle_values, lin_reg = list(PRIOR), 10.0
+    seeded_state(variables, elle_values, lin_reg)
+    step = tf.function(method.step)
+    lambdas = []
+    for t in range(5):
+        grads, lin_err, _ = official_loss(official_model, x, y, tf.zeros_like(x), triplet_draws(t), lin_reg)
+        if t == 1:  # lambda_max: the penalty's share of the gradient is far above the tolerance
+            assert lin_reg == LAMBDA_MAX
+            averages = moving_averages(official_model)
+            unregularized, _, _ = official_loss(official_model, x, y, tf.zeros_like(x), triplet_draws(t), 0.0)
+            restore(official_model, averages)
+            assert np.linalg.norm(flat(grads) - flat(unregularized)) > 1e-2 * np.linalg.norm(flat(unregularized))
+        lin_reg = official_onoff(elle_values, lin_reg, lin_err, LAMBDA_MAX)
+        result = step(model, x, y, tf.zeros_like(x), context=step_context(t, variables))
+        expected, got = flat(grads), flat(result.grads)
+        assert np.linalg.norm(got - expected) <= 1e-5 * np.linalg.norm(expected), t
+        np.testing.assert_allclose(variables["lambda"].numpy(), lin_reg, rtol=1e-12)
+        assert variables["count"].numpy() == len(elle_values)
+        np.testing.assert_allclose(variables["mean"].numpy(), np.mean(elle_values), rtol=1e-5)
+        np.testing.assert_allclose(np.sqrt(variables["m2"].numpy() / len(elle_values)), np.std(elle_values),
+                                   rtol=1e-4)
+        lambdas.append(lin_reg)
+        sgd_update(official_model, grads)
+        # Each step starts from the official weights: at lambda_max the penalty's float32 rounding (a loss
+        # difference of ~1e-3 between losses of ~2) would otherwise amplify the last-bit differences of two runs.
+        for ours, official in zip(model.weights, official_model.weights):
+            ours.assign(official)
+    assert lambdas[0] == LAMBDA_MAX and any(b == a * 0.99 for a, b in zip(lambdas, lambdas[1:])), lambdas
+
+
+def test_adaptive_rule_follows_the_official_list_over_long_random_histories():
+    """The rule alone on 3 x 150 heavy-tailed error sequences: lambda after every step equals the official
+    list-and-numpy rule's, which compares with the earlier errors' population std, then appends. Each sequence
+    opens with errors 1, 2, 3, 3.8 (x 1e-6): 3.8 is a spike (above 2 + 2 * 0.816) only for that rule, not with the
+    sample std (threshold 4) nor with 3.8 already in the history (4.69); 3 after 1, 2 is none (two earlier)."""
+    from tf_fastbat.methods import state
+    from tf_fastbat.methods.elle import STATE, adaptive_update
+
+    rng = np.random.default_rng(0)
+    spikes = 0
+    for _ in range(3):
+        errors = np.concatenate([np.float32([1, 2, 3, 3.8]) * 1e-6, rng.lognormal(-12, 1.0, 150).astype(np.float32)])
+        variables = state.create({name: ((), tf.float64) for name in STATE})
+        update = tf.function(lambda e: adaptive_update(variables, e, 4000.0, 0.99, 2.0))
+        elle_values, lin_reg = [], 0.0
+        for t, error in enumerate(errors):
+            lin_reg = official_onoff(elle_values, lin_reg, float(error), 4000.0)
+            update(tf.constant(error))
+            np.testing.assert_allclose(variables["lambda"].numpy(), lin_reg, rtol=1e-12)
+            assert (t, lin_reg) != (2, 4000.0) and (t != 3 or lin_reg == 4000.0)
+            spikes += lin_reg == 4000.0
+    assert spikes > 5
+
+
+@pytest.mark.parametrize("variant", ["elle_a", "n_fgsm_elle_a_clamped", "elle_constant"])
+def test_gradient_and_batch_norm_averages_equal_the_official_step(variant, real_batch):
+    """FGSM + ELLE-A (one forward stands for the official two clean ones), the noisy start with the ball
+    projection (four distinct forwards), and ELLE's fixed lambda (the scripts' 1000 at eps 8)."""
+    from tf_fastbat import methods
+    from tf_fastbat.methods import state
+
+    hparams, rate, clamp, lam = {
+        "elle_a": ({"lin_reg": LAMBDA_MAX}, 0.0, False, 10.0),
+        "n_fgsm_elle_a_clamped": ({"lin_reg": LAMBDA_MAX, "input_noise_rate": 2.0, "clamp": True}, 2.0, True, 10.0),
+        "elle_constant": ({"lambda_schedule": "constant"}, 0.0, False, 1000.0)}[variant]
+    x, y = real_batch
+    noise = tf.constant(np.random.default_rng(3).uniform(-EPS8, EPS8, x.shape).astype(np.float32))
+    method = methods.build("elle_a", eps=EPS8, seed=SEED, **hparams)
+    variables = state.create(method.state_spec(0, (32, 32, 3)))
+    if variables:
+        seeded_state(variables, PRIOR, lam)
+    model = tiny_model()
+    before = moving_averages(model)
+    grads, _, forward_inputs = official_loss(model, x, y, noise, triplet_draws(4), lam, input_noise_rate=rate,
+                                             clamp=clamp)
+    expected_averages = torch_rule_moving_averages(model, before, forward_inputs)
+    restore(model, before)
+    result = tf.function(method.step)(model, x, y, noise, context=step_context(4, variables))
+    expected, got = flat(grads), flat(result.grads)
+    assert np.linalg.norm(got - expected) <= 1e-5 * np.linalg.norm(expected)
+    np.testing.assert_allclose(result.x_adv.numpy(), forward_inputs[1].numpy(), atol=1e-6)
+    for (mean, variance), (expected_mean, expected_variance) in zip(moving_averages(model), expected_averages):
+        np.testing.assert_allclose(mean, expected_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(variance, expected_variance, rtol=1e-5, atol=1e-6)
+
+
+# ---- through the trainer: backup and restore, and MirroredStrategy -----------------------------------------------
+
+def build_trainer(classifier, lambda_max, steps_per_epoch):
+    from tf_fastbat import methods
+    from tf_fastbat.trainer import assemble, sgd
+
+    method = methods.build("elle_a", eps=EPS8, lin_reg=lambda_max, seed=SEED)
+    return assemble(classifier, method, sgd(0.05, 0.9, 5e-4), seed=SEED, num_examples=BATCH,
+                    steps_per_epoch=steps_per_epoch)
+
+
+def snapshot(trainer):
+    return np.concatenate([np.asarray(v.numpy(), np.float64).ravel() for v in trainer.classifier.weights]), \
+        {name: float(v.numpy()) for name, v in trainer.method_state.items()}
+
+
+def test_state_survives_a_backup_and_the_restored_trainer_continues_exactly(real_batch, tmp_path):
+    from tf_fastbat import backup
+    from tf_fastbat.resume import Position, RunState
+
+    x, y = real_batch
+    batches = [(x[i:i + 8], y[i:i + 8]) for i in (0, 8, 0, 8, 0)]
+
+    def run_state(trainer):
+        return RunState(trainer, tf.distribute.get_strategy(), str(tmp_path / "ckpt"), str(tmp_path / "log.csv"),
+                        batch_size=8, steps_per_epoch=2)
+
+    keras.backend.clear_session()
+    unbroken = build_trainer(tiny_model(), LAMBDA_MAX, 2)
+    seeded_state(unbroken.method_state, PRIOR, 10.0)
+    for xb, yb in batches[:2]:
+        unbroken.train_on_batch(xb, yb)
+    source = run_state(unbroken)
+    path = backup.write(str(tmp_path / "backup"), 2, source.arrays(), source.state(Position(1, 0), 0.0))
+    saved = snapshot(unbroken)
+    assert saved[1]["count"] == len(PRIOR) + 2 and saved[1]["lambda"] > 0
+
+    keras.backend.clear_session()  # a fresh process's layer names, which the backup's variable paths record
+    resumed = build_trainer(tiny_model(seed=1), LAMBDA_MAX, 2)
+    assert snapshot(resumed)[1] != saved[1]
+    run_state(resumed).restore(backup.read(path))
+    np.testing.assert_array_equal(snapshot(resumed)[0], saved[0])
+    assert snapshot(resumed)[1] == saved[1]
+    lambdas = set()
+    for xb, yb in batches[2:]:
+        unbroken.train_on_batch(xb, yb)
+        resumed.train_on_batch(xb, yb)
+        (w_unbroken, s_unbroken), (w_resumed, s_resumed) = snapshot(unbroken), snapshot(resumed)
+        np.testing.assert_array_equal(w_resumed, w_unbroken)
+        assert s_resumed == s_unbroken
+        lambdas.add(s_unbroken["lambda"])
+    assert len(lambdas) == 3  # lambda moved at every continued step
+
+
+def distributed_runs(out: str) -> None:
+    """Subprocess: 4 steps of ELLE-A on 2 logical CPUs (MirroredStrategy) and on one; weights and state per step,
+    and whether the replicas' copies of the state agree."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from test_distribution import build_classifier, training_batches
+
+    results = {}
+    for label, strategy in (("single", tf.distribute.get_strategy()),
+                            ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        with strategy.scope():
+            trainer = build_trainer(build_classifier("syncbn"), 3e4, 3)
+            seeded_state(trainer.method_state, PRIOR, 10.0)
+        weights, states, agree = [], [], []
+
+        def record(epoch, logs):
+            weights.append(snapshot(trainer)[0])
+            states.append([trainer.method_state[n].numpy() for n in ("lambda", "count", "mean", "m2")])
+            copies = [[np.asarray(c.numpy()) for c in getattr(v, "values", [v])] for v in trainer.method_state.values()]
+            agree.append(all(np.array_equal(c[0], other) for c in copies for other in c))
+
+        trainer.fit(training_batches(), epochs=4, steps_per_epoch=1, verbose=0,
+                    callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
+        results.update({f"{label}/weights": np.stack(weights), f"{label}/state": np.array(states),
+                        f"{label}/agree": np.array(agree), "replicas": np.array(strategy.num_replicas_in_sync)})
+    np.savez(out, **results)
+
+
+def test_state_is_identical_across_two_replicas_and_equals_one_device(tmp_path):
+    out = str(tmp_path / "runs.npz")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CONFIG", None)
+    process = subprocess.run([sys.executable, os.path.abspath(__file__), out], cwd=os.path.dirname(__file__),
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    with np.load(out) as runs:
+        assert int(runs["replicas"]) == 2 and runs["mirrored/agree"].all()
+        single, mirrored = runs["single/state"], runs["mirrored/state"]
+        assert len(set(single[:, 0])) > 1, "lambda must move in the compared steps"
+        np.testing.assert_allclose(mirrored[:, 0], single[:, 0], rtol=1e-12)  # lambda
+        np.testing.assert_array_equal(mirrored[:, 1], single[:, 1])  # count
+        np.testing.assert_allclose(mirrored[:, 2:], single[:, 2:], rtol=1e-4)  # mean, m2 (float32 error sums)
+        scale = np.abs(runs["single/weights"]).max()
+        np.testing.assert_allclose(runs["mirrored/weights"], runs["single/weights"], rtol=1e-4, atol=1e-5 * scale)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    distributed_runs(sys.argv[1])
