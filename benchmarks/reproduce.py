@@ -46,7 +46,7 @@ ABLATIONS = {  # name: (table, extra train flags); Fast-BAT, eps 8/255, seed 0
 }
 ABLATION_DEFAULTS = {"A1": "lambda = 10", "A3": "pgd_nosign (official)", "A4": "Hessian-free (eq. 11)",
                      "A5": "ReLU"}
-SWEEP_EPS = (2, 4, 6, 8, 10, 12, 14, 16)
+SWEEP_EPS = (0, 2, 4, 6, 8, 10, 12, 14, 16)  # eps 0: the clean accuracy on the sweep's images
 SWEEP_METHODS = ("fast_at", "fast_bat")
 CHECKPOINTS = ("best", "last")
 PGD_KEY = "pgd-50-10"
@@ -115,6 +115,19 @@ def follow(cells: Sequence[Cell], output_dir: str, evaluate: "Evaluator", poll_s
         evaluate(cell, output_dir, ("last",))
 
 
+def measure(title: str, attack, logits_fn, x, y, eps: float):
+    """One attack run with progress lines (time spent, ETA) and a closing line (robust accuracy, seconds)."""
+    import numpy as np
+
+    from tf_fastbat.progress import ProgressBars
+
+    start = time.perf_counter()
+    outcome = attack.attack(logits_fn, x, y, eps, ProgressBars(f"[reproduce] {title}"))
+    print(f"[reproduce] {title}: robust accuracy {np.mean(outcome.robust):.2%} ({time.perf_counter() - start:.1f} s)",
+          flush=True)
+    return outcome
+
+
 class Evaluator:
     """AutoAttack and the Fig. 1 sweep, one classifier per architecture whose weights are swapped per checkpoint.
 
@@ -148,7 +161,7 @@ class Evaluator:
         return self._classifiers[key][1]
 
     @staticmethod
-    def _pgd_on_aa_subset(entry: Dict, logits_fn, x, y, cell: Cell) -> None:
+    def _pgd_on_aa_subset(entry: Dict, logits_fn, x, y, cell: Cell, checkpoint: str) -> None:
         """PGD-50-10 on AutoAttack's images, so that the two are compared on the same examples."""
         import numpy as np
 
@@ -156,7 +169,9 @@ class Evaluator:
 
         n = entry["autoattack"]["num_examples"]
         pgd = PGDAttack(50, 10, seed=cell.seed)
-        entry["pgd_50_10_on_aa_subset"] = float(np.mean(pgd.robust_mask(logits_fn, x[:n], y[:n], cell.eps / 255.0)))
+        title = f"{cell.name} {checkpoint}: PGD-50-10 at eps {cell.eps}/255 on AutoAttack's {n} images"
+        outcome = measure(title, pgd, logits_fn, x[:n], y[:n], cell.eps / 255.0)
+        entry["pgd_50_10_on_aa_subset"] = float(np.mean(outcome.robust))
 
     def __call__(self, cell: Cell, output_dir: str, checkpoints: Sequence[str] = CHECKPOINTS) -> None:
         """Fills <workdir>/extra_eval.json for `checkpoints` (atomically, one checkpoint at a time)."""
@@ -189,17 +204,19 @@ class Evaluator:
             start = time.perf_counter()
             if want_aa:
                 n = self.aa_examples
-                aa = AutoAttack(seed=cell.seed).attack(logits_fn, x[:n], y[:n], cell.eps / 255.0).details
+                title = f"{cell.name} {checkpoint}: AutoAttack at eps {cell.eps}/255 on {n} images"
+                aa = measure(title, AutoAttack(seed=cell.seed), logits_fn, x[:n], y[:n], cell.eps / 255.0).details
                 entry["autoattack"] = {"robust_accuracy": aa["robust_accuracy"],
                                        "clean_accuracy": aa["clean_accuracy"], "num_examples": n,
                                        "seconds": time.perf_counter() - start}
             if want_aa or want_subset:
-                self._pgd_on_aa_subset(entry, logits_fn, x, y, cell)
+                self._pgd_on_aa_subset(entry, logits_fn, x, y, cell, checkpoint)
             if want_sweep:
                 pgd = PGDAttack(20, 1, seed=cell.seed)
                 xs, ys = x[:self.sweep_examples], y[:self.sweep_examples]
-                entry["pgd_20_1_sweep"] = {str(e): float(np.mean(pgd.robust_mask(logits_fn, xs, ys, e / 255.0)))
-                                           for e in SWEEP_EPS}
+                entry["pgd_20_1_sweep"] = {str(e): float(np.mean(measure(
+                    f"{cell.name} {checkpoint}: PGD-20-1 at eps {e}/255 on {len(xs)} images", pgd, logits_fn, xs, ys,
+                    e / 255.0).robust)) for e in SWEEP_EPS}
                 entry["sweep_examples"] = self.sweep_examples
             write_json_atomic(extra, path)
             print(f"[reproduce] {cell.name} {checkpoint}: evaluated in {time.perf_counter() - start:.0f} s "
@@ -310,6 +327,12 @@ def ablation_table(summaries: Dict[str, Dict], seeds: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
+def sweep_curve(entry: Dict) -> List[float]:
+    """A checkpoint's PGD-20-1 RA at each SWEEP_EPS; eps 0 from its SA where an older sweep lacks it."""
+    sweep = entry["sweep"]
+    return [sweep.get(str(e), entry["SA"] if e == 0 else float("nan")) for e in SWEEP_EPS]
+
+
 def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence[int], methods: Sequence[str],
             folder: str) -> List[str]:
     """Fig. 1 (RA against test eps), Fig. 2 (gradient alignment per epoch), held-out RA per epoch; their paths."""
@@ -326,12 +349,12 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
         for color, method in zip(("tab:blue", "tab:red"), SWEEP_METHODS):
             for checkpoint, style in (("best", "-"), ("last", "--")):
                 runs = [summaries.get(f"{method}_eps{train_eps}_seed{s}") for s in seeds]
-                curves = [[r[checkpoint]["sweep"][str(e)] for e in SWEEP_EPS] for r in runs
-                          if r and "sweep" in r.get(checkpoint, {})]
+                curves = [sweep_curve(r[checkpoint]) for r in runs if r and "sweep" in r.get(checkpoint, {})]
                 if curves:
                     axis.errorbar(SWEEP_EPS, 100 * np.mean(curves, 0), yerr=100 * np.std(curves, 0), ls=style,
                                   marker="o", capsize=2, color=color, label=f"{LABELS[method]} ({'ES' if checkpoint == 'best' else 'last'})")
-        axis.set(xlabel="test ε (1/255)", ylabel="RA, PGD-20-1 (%)", title=f"trained at ε = {train_eps}/255")
+        axis.set(xlabel="test ε (1/255); ε 0 is the clean accuracy", ylabel="RA, PGD-20-1 (%)",
+                 title=f"trained at ε = {train_eps}/255", ylim=(0, 100))
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
@@ -350,7 +373,12 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
                 length = min(len(log) for log in logs)
                 values = np.array([[row.get(key, np.nan) for row in log[:length]] for log in logs])
                 scale = 100.0 if key == "val_robust_accuracy" else 1.0
-                axis.plot(np.arange(1, length + 1), scale * np.nanmean(values, 0), marker="o", label=LABELS[method])
+                mean = scale * np.nanmean(values, 0)
+                line, = axis.plot(np.arange(1, length + 1), mean, marker="o", label=LABELS[method])
+                if key == "val_robust_accuracy" and np.isfinite(mean).any():
+                    best = int(np.nanargmax(mean)) + 1  # early stopping's pick on the mean curve
+                    axis.axvline(best, color=line.get_color(), ls="--", lw=1, label=f"{LABELS[method]} best: {best}")
+                    axis.set_ylim(0, 100)
             axis.set(xlabel="epoch", ylabel=ylabel, title=f"ε = {eps}/255 (mean over seeds)")
             axis.grid(alpha=0.3)
             if axis.get_legend_handles_labels()[0]:

@@ -112,3 +112,116 @@ def test_bad_arguments_are_refused_before_work():
         reproduce.parse(["--ablations=lambda_3"])
     with pytest.raises(SystemExit):
         reproduce.parse(["--seeds=a,b"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# benchmarks/powered_grid.py (issue 12): the powered grid's cells, table, figure and resume, on fake cells.
+
+from benchmarks import powered_grid  # noqa: E402
+
+
+def test_powered_cells_parse_with_their_part_epochs_and_the_shared_slice():
+    cells = [c for part in powered_grid.PARTS.values() for c in powered_grid.part_cells(part)]
+    assert [c.name for c in cells[:6]] == [f"{m}_eps16_seed0" for m in
+                                           ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "nu_at", "elle_a")]
+    assert sorted(c.name for c in cells[6:]) == sorted(f"{m}_eps8_seed{s}" for s in range(3)
+                                                       for m in ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi"))
+    argv = [cell.command("runs/powered", None)[3:] for cell in cells]
+    assert all(a[0] == "--flagfile=flags/reproduce/powered.cfg" for a in argv)
+    result = subprocess.run([sys.executable, "-c", CHECK, json.dumps(argv)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for cell, flags in zip(cells, json.loads(result.stdout.strip().splitlines()[-1])):
+        assert flags["hparams"]["eps"] == pytest.approx(cell.eps / 255.0) and flags["seed"] == cell.seed
+        assert flags["epochs"] == powered_grid.PARTS[f"eps{cell.eps}"].epochs
+        assert flags["width"] == 0.25 and (flags["eval_attack_step"], flags["eval_restarts"]) == (50, 2)
+        assert flags["dataset"] == "npz:../shared/data/cifar10_subset.npz"
+    assert (ROOT / ".." / "shared" / "data" / "cifar10_subset.npz").exists()  # the path, from the runner's cwd
+
+
+def test_powered_grid_skips_methods_missing_from_names_with_one_line_each(capsys):
+    cells = powered_grid.part_cells(powered_grid.PARTS["eps8"]) + powered_grid.part_cells(powered_grid.PARTS["eps16"])
+    kept = powered_grid.known_cells(cells, ["fast_at", "fast_bat", "n_fgsm", "nu_at"])
+    assert [c.name for c in kept] == [c.name for c in cells if c.method not in ("fgsm_pgi", "elle_a")]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == ["[powered] elle_a: not in tf_fastbat.methods.NAMES, its 1 cell(s) skipped",
+                     "[powered] fgsm_pgi: not in tf_fastbat.methods.NAMES, its 4 cell(s) skipped"]
+
+
+def fake_powered_cell(workdir, eps, sa, ra, val_robust, alignment):
+    """A finished powered cell: report.json (best = last) and a training_log.csv with the given curves."""
+    os.makedirs(workdir)
+    result = {"clean_accuracy": sa, "num_examples": 1017, "robust_accuracy": {"pgd-50-2": {f"{eps}/255": ra}}}
+    report = {"best_epoch": len(val_robust), "epochs": len(val_robust), "seconds_per_epoch": 40.0,
+              "checkpoints": {"best": result, "last": result}}
+    with open(os.path.join(workdir, "report.json"), "w") as out:
+        json.dump(report, out)
+    with open(os.path.join(workdir, "training_log.csv"), "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["epoch", "gradient_alignment", "val_robust_accuracy"])
+        writer.writerows([e, alignment[e], val_robust[e]] for e in range(len(val_robust)))
+
+
+def test_powered_table_gaps_against_fast_bat_and_the_seed_spread(tmp_path):
+    part = powered_grid.Part(8, ("fast_at", "fast_bat", "n_fgsm"), (0, 1, 2), 3)
+    ra = {"fast_bat": (0.30, 0.32, 0.34), "fast_at": (0.20, 0.21, 0.22), "n_fgsm": (0.31, 0.33, 0.29)}
+    sa = {"fast_bat": (0.40, 0.40, 0.40), "fast_at": (0.45, 0.46, 0.47), "n_fgsm": (0.40, 0.41, 0.42)}
+    cells = powered_grid.part_cells(part)
+    for cell in cells:
+        fake_powered_cell(cell.workdir(str(tmp_path)), 8, sa[cell.method][cell.seed], ra[cell.method][cell.seed],
+                          [0.1, 0.2, 0.25], [0.5, 0.9, 0.8])
+    summaries = {c.name: powered_grid.summary(c, str(tmp_path)) for c in cells}
+    rows = {line.split("|")[1].strip(): [v.strip() for v in line.strip("|").split("|")]
+            for line in powered_grid.powered_table(summaries, part).splitlines() if line.startswith("| ") and
+            "method" not in line}
+    # By hand: Fast-BAT RA 32 +- 2; Fast-AT 21 +- 1 (gap -11 > 2 + 1); N-FGSM 31 +- 2 (gap -1 < 2 + 2).
+    assert rows["Fast-AT"][2] == "21.0 ± 1.0" and rows["Fast-BAT"][2] == "32.0 ± 2.0"
+    assert rows["Fast-AT"][5:7] == ["-11.0", "yes (3.0)"]
+    assert rows["N-FGSM"][5:7] == ["-1.0", "no (4.0)"]
+    # SA: Fast-BAT 40 +- 0; Fast-AT 46 +- 1 (gap +6 > 1); N-FGSM 41 +- 1 (gap +1, not > 1).
+    assert rows["Fast-AT"][7:9] == ["+6.0", "yes (1.0)"] and rows["N-FGSM"][7:9] == ["+1.0", "no (1.0)"]
+    assert rows["Fast-BAT"][5] == "(reference)"
+    assert rows["Fast-AT"][9:12] == ["25.0 → 25.0", "none; none; none", "0.50 → 0.80"]
+    assert rows["Fast-AT"][14] == "3"
+
+
+def test_collapse_epochs_and_the_figure_draw_the_logged_curves(tmp_path):
+    assert powered_grid.collapse_epochs([0.15, 0.18, 0.20, 0.09, 0.02, 0.12]) == [4, 5]  # < 0.10 = half of 0.20
+    assert powered_grid.collapse_epochs([0.03, 0.01, float("nan"), 0.04]) == []  # best under 5%: noise
+    part = powered_grid.Part(16, ("fast_at", "fast_bat"), (0,), 6)
+    curves = {"fast_at": ([0.15, 0.18, 0.20, 0.09, 0.02, 0.12], [0.9, 0.95, 0.6, 0.2, 0.05, 0.1]),
+              "fast_bat": ([0.12, 0.14, 0.15, 0.16, 0.16, 0.17], [0.9, 0.95, 0.97, 0.98, 0.98, 0.99])}
+    cells = powered_grid.part_cells(part)
+    for cell in cells:
+        fake_powered_cell(cell.workdir(str(tmp_path)), 16, 0.3, 0.15, *curves[cell.method])
+    summaries = {c.name: powered_grid.summary(c, str(tmp_path)) for c in cells}
+    figure = powered_grid.overfitting_figure(summaries, part, str(tmp_path / "co.png"))
+    assert (tmp_path / "co.png").stat().st_size > 10_000
+    robust_axis, alignment_axis = figure.axes
+    lines = {line.get_label(): line for line in robust_axis.get_lines()}
+    np.testing.assert_allclose(lines["Fast-AT"].get_ydata(), [15, 18, 20, 9, 2, 12])
+    np.testing.assert_allclose(lines["Fast-BAT"].get_xdata(), np.arange(1, 7))
+    np.testing.assert_allclose(lines["Fast-AT: collapse"].get_xdata(), [4, 5])
+    np.testing.assert_allclose(lines["Fast-AT: collapse"].get_ydata(), [9, 2])
+    assert "Fast-BAT: collapse" not in lines
+    alignment = {line.get_label(): line for line in alignment_axis.get_lines()}
+    np.testing.assert_allclose(alignment["Fast-AT"].get_ydata(), curves["fast_at"][1])
+    np.testing.assert_allclose(alignment["Fast-AT: collapse"].get_ydata(), [0.2, 0.05])
+    table = powered_grid.powered_table(summaries, part)
+    assert "| Fast-AT |" in table and "| 20.0 → 12.0 | 4, 5 | 0.05 → 0.10 |" in table
+
+
+def test_powered_grid_never_reruns_a_finished_cell_and_resumes_the_others(tmp_path, monkeypatch):
+    cells = powered_grid.part_cells(powered_grid.PARTS["eps16"])[:3]
+    output = str(tmp_path)
+    fake_powered_cell(cells[0].workdir(output), 16, 0.3, 0.15, [0.1], [0.9])  # finished
+    os.makedirs(os.path.join(cells[1].workdir(output), "backup"))  # killed: train.py resumes from its backup
+    calls = []
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository root: restored after the test
+    monkeypatch.setattr(reproduce.subprocess, "call", lambda command, **kwargs: calls.append(command) or 0)
+    monkeypatch.setattr(powered_grid, "method_names", lambda: ["fast_at", "fast_bat", "n_fgsm"])
+    powered_grid.main(["--part=eps16", "--stage=train", f"--output_dir={output}"])
+    assert [c[c.index("-m") + 2:] for c in calls] == [cell.command(output, None)[3:] for cell in cells[1:]]
+    assert all("--epochs=15" in c for c in calls)
+    command_txt = (tmp_path / cells[1].name / "command.txt").read_text()
+    assert f"--workdir={cells[1].workdir(output)}" in command_txt

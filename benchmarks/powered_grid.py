@@ -1,0 +1,282 @@
+"""A CPU-scale grid with the power to tell methods apart (issue 12), on benchmarks/reproduce.py's cells and runner.
+
+Scale: the shared CIFAR-10 slice (5,085 training images, 508 held out; 1,017 test), PreActResNet-18 at width 0.25
+(flags/reproduce/powered.cfg). Two parts, each sized to about two hours of 2 CPU cores (RESULTS.md, "Powered grid"):
+  eps16  Fast-AT, Fast-BAT, N-FGSM, FGSM-PGI, NuAT, ELLE-A at 16/255, seed 0, long enough for catastrophic
+         overfitting to show (held-out PGD-10-1 accuracy and gradient alignment per epoch)
+  eps8   Fast-AT, Fast-BAT, N-FGSM, FGSM-PGI at 8/255, seeds 0-2: mean +- std, and whether each gap to Fast-BAT
+         exceeds the seed spread
+
+    .venv/bin/python -m benchmarks.powered_grid --part=eps16 > runs/powered_eps16.log 2>&1 &
+    .venv/bin/python -m benchmarks.powered_grid --part=eps8 > runs/powered_eps8.log 2>&1 &
+    .venv/bin/python -m benchmarks.powered_grid --stage=report                 # tables and figures so far
+    .venv/bin/python -m benchmarks.powered_grid --only=fast_at_eps16_seed0     # one cell
+
+Resumable: a cell with a report.json is never rerun; a killed cell resumes from its backup when its command runs
+again (tf_fastbat.train). Each cell's command is printed and kept in its workdir's command.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+from benchmarks import reproduce
+from tf_fastbat.checkpoints import read_json  # no TensorFlow import
+
+FLAGFILE = os.path.join("flags", "reproduce", "powered.cfg")
+LABELS = {**reproduce.LABELS, "fgsm_pgi": "FGSM-PGI", "nu_at": "NuAT", "elle_a": "ELLE-A"}
+REFERENCE = "fast_bat"  # the paper's method: every gap is measured against it
+COLLAPSE_FRACTION = 0.5  # an epoch collapses when its held-out PGD accuracy falls below half the best before it ...
+COLLAPSE_MIN_PEAK = 0.05  # ... once that best is at least 5% (not a fluctuation around zero)
+
+
+class Part(NamedTuple):
+    """One part of the grid: a training eps (1/255), its methods and seeds, and the epochs sized for ~2 h."""
+    eps: int
+    methods: Sequence[str]
+    seeds: Sequence[int]
+    epochs: int
+
+
+PARTS = {
+    "eps16": Part(16, ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "nu_at", "elle_a"), (0,), 15),
+    "eps8": Part(8, ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi"), (0, 1, 2), 8),
+}
+
+
+class PoweredCell(reproduce.Cell):
+    """A grid cell trained from flags/reproduce/powered.cfg; its epochs are part of the cell (its extra flags)."""
+
+    def command(self, output_dir: str, epochs: Optional[int]) -> List[str]:
+        base = f"--flagfile={reproduce.BASE_FLAGFILE}"
+        return [f"--flagfile={FLAGFILE}" if arg == base else arg for arg in super().command(output_dir, epochs)]
+
+
+def part_cells(part: Part, epochs: Optional[int] = None) -> List[PoweredCell]:
+    """The part's cells, seed-major like reproduce.grid_cells; `epochs` overrides the part's (quick checks)."""
+    return [PoweredCell(f"{m}_eps{part.eps}_seed{s}", m, part.eps, s, {"epochs": epochs or part.epochs})
+            for s in part.seeds for m in part.methods]
+
+
+def known_cells(cells: Sequence[PoweredCell], names: Sequence[str]) -> List[PoweredCell]:
+    """The cells whose method is in `names` (tf_fastbat.methods.NAMES); one line per method left out."""
+    missing = sorted({c.method for c in cells} - set(names))
+    for method in missing:
+        count = sum(c.method == method for c in cells)
+        print(f"[powered] {method}: not in tf_fastbat.methods.NAMES, its {count} cell(s) skipped", flush=True)
+    return [c for c in cells if c.method in names]
+
+
+def method_names() -> List[str]:
+    """tf_fastbat.methods.NAMES at run time, read in a child process so that this one stays free of TensorFlow."""
+    import subprocess
+    import sys
+
+    code = "from tf_fastbat.methods import NAMES; print(','.join(NAMES))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=reproduce.ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return out.stdout.strip().splitlines()[-1].split(",")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a cell: the test report (report.json) and the per-epoch curves (training_log.csv).
+
+def collapse_epochs(robust: Sequence[float]) -> List[int]:
+    """Epochs (from 1) whose held-out PGD accuracy is below COLLAPSE_FRACTION of the best epoch before them.
+
+    Catastrophic overfitting (Wong et al. 2020) is a fall of PGD accuracy to about zero within an epoch or two,
+    while FGSM accuracy rises; a fall to under half the running best, from a best of at least COLLAPSE_MIN_PEAK,
+    marks it and not the epoch-to-epoch noise of 508 held-out images (about 2 points at 20% accuracy).
+    """
+    found, best = [], -math.inf
+    for epoch, value in enumerate(robust, start=1):
+        if value != value:  # NaN: no held-out check that epoch
+            continue
+        if best >= COLLAPSE_MIN_PEAK and value < COLLAPSE_FRACTION * best:
+            found.append(epoch)
+        best = max(best, value)
+    return found
+
+
+def summary(cell: PoweredCell, output_dir: str) -> Optional[Dict]:
+    """SA and PGD RA of the best (early-stopped) and last checkpoints, s/epoch, per-epoch curves; None if unfinished."""
+    workdir = cell.workdir(output_dir)
+    report = read_json(os.path.join(workdir, "report.json"))
+    if report is None:
+        return None
+    key = f"{cell.eps:g}/255"
+    out = {"seconds_per_epoch": report.get("seconds_per_epoch"), "best_epoch": report.get("best_epoch"),
+           "epochs": report.get("epochs"), "command": " ".join(cell.command(output_dir, None)[1:])}
+    for name, result in report["checkpoints"].items():
+        attack = next(a for a in sorted(result["robust_accuracy"]) if a.startswith("pgd-"))
+        out[name] = {"SA": result["clean_accuracy"], "RA": result["robust_accuracy"][attack][key],
+                     "attack": attack, "num_examples": result["num_examples"]}
+    log = reproduce.training_log(workdir)
+    out["val_robust"] = [row.get("val_robust_accuracy", math.nan) for row in log]
+    out["alignment"] = [row.get("gradient_alignment", math.nan) for row in log]
+    out["collapse"] = collapse_epochs(out["val_robust"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The table and the catastrophic-overfitting figure.
+
+def gap_cells(runs: Sequence[Dict], reference: Sequence[Dict], checkpoint: str, key: str) -> List[str]:
+    """[gap of the means in points, '> seed spread?']: yes when |gap| > std + std_ref (the mean +- std bars part)."""
+    if not reference or not runs:
+        return ["-", "-"]
+    mean, std = reproduce.mean_std([r[checkpoint][key] for r in runs])
+    ref_mean, ref_std = reproduce.mean_std([r[checkpoint][key] for r in reference])
+    gap = 100 * (mean - ref_mean)
+    if len(runs) < 2 or len(reference) < 2:
+        return [f"{gap:+.1f}", "n/a (1 seed)"]
+    return [f"{gap:+.1f}", f"{'yes' if abs(gap) > 100 * (std + ref_std) else 'no'} ({100 * (std + ref_std):.1f})"]
+
+
+def fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """mean +- sample std as reproduce.fmt, a single run's value alone (one seed has no spread to show)."""
+    values = [v for v in values if v is not None]
+    return reproduce.fmt(values, scale, digits) if len(values) != 1 else f"{scale * values[0]:.{digits}f}"
+
+
+def extreme_to_last(curves: Sequence[Sequence[float]], pick, scale: float, digits: int) -> str:
+    """'a → b': the mean over runs of each curve's `pick` (max, min) and of its last value, NaN epochs left out."""
+    finite = [[v for v in curve if v == v] for curve in curves]
+    finite = [curve for curve in finite if curve]
+    if not finite:
+        return "-"
+    extreme = reproduce.mean_std([scale * pick(curve) for curve in finite])[0]
+    return f"{extreme:.{digits}f} → {reproduce.mean_std([scale * curve[-1] for curve in finite])[0]:.{digits}f}"
+
+
+def curve_cells(runs: Sequence[Dict]) -> List[str]:
+    """Held-out PGD RA peak -> last epoch, collapse epochs per seed, gradient alignment lowest -> last (means)."""
+    collapse = "; ".join(", ".join(map(str, r["collapse"])) or "none" for r in runs)
+    return [extreme_to_last([r["val_robust"] for r in runs], max, 100.0, 1), collapse,
+            extreme_to_last([r["alignment"] for r in runs], min, 1.0, 2)]
+
+
+def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFERENCE) -> str:
+    """One part's table: mean +- sample std over seeds, gaps to `reference` and whether they exceed the spread."""
+    ref_label = LABELS[reference]
+    header = ["method", "SA (last)", "RA-PGD (last)", "SA (ES)", "RA-PGD (ES)", f"ΔRA (last) vs {ref_label}",
+              "> seed spread?", f"ΔSA (last) vs {ref_label}", "> seed spread?", "held-out RA peak → last",
+              "collapse epochs", "GA lowest → last", "best epoch", "s/epoch", "seeds"]
+    rows = {m: [summaries[n] for n in (f"{m}_eps{part.eps}_seed{s}" for s in part.seeds)
+                if n in summaries and "best" in summaries[n] and "last" in summaries[n]] for m in part.methods}
+    tests = sorted({f"{r[c]['attack'].upper()} on {r[c]['num_examples']} test images" for runs in rows.values()
+                    for r in runs for c in ("best", "last")})
+    lines = [f"**ε = {part.eps}/255** (train = test; {', '.join(tests) or 'no cell finished'})", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, runs in rows.items():
+        if not runs:
+            continue
+        values = [fmt([r[c][k] for r in runs]) for c in ("last", "best") for k in ("SA", "RA")]
+        if method == reference:
+            values += ["(reference)", "", "(reference)", ""]
+        else:
+            values += gap_cells(runs, rows.get(reference, []), "last", "RA")
+            values += gap_cells(runs, rows.get(reference, []), "last", "SA")
+        values += curve_cells(runs)
+        values += [", ".join(str(r["best_epoch"]) for r in runs),
+                   fmt([r["seconds_per_epoch"] for r in runs], 1.0, 1), str(len(runs))]
+        lines.append(f"| {LABELS[method]} | " + " | ".join(values) + " |")
+    return "\n".join(lines + [""])
+
+
+def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
+    """Per epoch and method: held-out PGD-10-1 RA (%) and gradient alignment, collapsed epochs marked; the Figure."""
+    from matplotlib.figure import Figure
+
+    from tf_fastbat.plots import save_figure
+
+    figure = Figure(figsize=(11, 4))
+    robust_axis, alignment_axis = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    for method in part.methods:
+        for seed in part.seeds:
+            run = summaries.get(f"{method}_eps{part.eps}_seed{seed}")
+            if not run or not run["val_robust"]:
+                continue
+            label = LABELS[method] + (f" (seed {seed})" if len(part.seeds) > 1 else "")
+            epochs = list(range(1, len(run["val_robust"]) + 1))
+            line, = robust_axis.plot(epochs, [100 * v for v in run["val_robust"]], marker="o", ms=3, label=label)
+            alignment_axis.plot(epochs, run["alignment"], marker="o", ms=3, color=line.get_color(), label=label)
+            if run["collapse"]:
+                robust_axis.plot(run["collapse"], [100 * run["val_robust"][e - 1] for e in run["collapse"]], ls="none",
+                                 marker="X", ms=10, color=line.get_color(), label=f"{label}: collapse")
+                alignment_axis.plot(run["collapse"], [run["alignment"][e - 1] for e in run["collapse"]], ls="none",
+                                    marker="X", ms=10, color=line.get_color(), label=f"{label}: collapse")
+    robust_axis.set(xlabel="epoch", ylabel="held-out RA, PGD-10-1 (%)", ylim=(0, None),
+                    title=f"ε = {part.eps}/255: held-out robust accuracy (X: collapse)")
+    alignment_axis.set(xlabel="epoch", ylabel="gradient alignment (cos)", ylim=(-0.05, 1.05),
+                       title="gradient alignment (held-out images)")
+    for axis in (robust_axis, alignment_axis):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+def report(cells: Sequence[PoweredCell], output_dir: str, parts: Sequence[Part], results_dir: str,
+           figures_dir: str) -> str:
+    """Tables to <results_dir>/powered.{md,json}, one figure per part to <figures_dir>/powered_co_eps<E>.png."""
+    import json
+
+    summaries = {c.name: s for c in cells if (s := summary(c, output_dir)) is not None}
+    text = "\n".join(["## Powered grid", ""] + [powered_table(summaries, part) for part in parts])
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "powered.md"), "w") as out:
+        out.write(text)
+    with open(os.path.join(results_dir, "powered.json"), "w") as out:
+        json.dump(summaries, out, indent=1)
+    for part in parts:
+        path = os.path.join(figures_dir, f"powered_co_eps{part.eps}.png")
+        overfitting_figure(summaries, part, path)
+        print(f"[powered] wrote {path}", flush=True)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", default="all", choices=[*PARTS, "all"], help="Which part to train and report.")
+    parser.add_argument("--stage", default="all", choices=["train", "report", "all"])
+    parser.add_argument("--only", default="", help="Comma-separated cell names (e.g. fast_at_eps16_seed0).")
+    parser.add_argument("--epochs", type=int, default=None, help="Override every part's epochs (quick checks; use "
+                        "another --output_dir, since a cell's epochs are part of it).")
+    parser.add_argument("--output_dir", default=os.path.join("runs", "powered"))
+    parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--figures_dir", default="results")
+    args = parser.parse_args(argv)
+    args.parts = list(PARTS.values()) if args.part == "all" else [PARTS[args.part]]
+    args.cells = [c for part in args.parts for c in part_cells(part, args.epochs)]
+    args.only = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(args.only) - {c.name for c in args.cells})
+    if unknown:
+        parser.error(f"--only: no cell {', '.join(unknown)} in --part={args.part}")
+    if args.only:
+        args.cells = [c for c in args.cells if c.name in args.only]
+    if args.epochs is not None and args.epochs < 1:
+        parser.error("--epochs must be positive")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse(argv)
+    reproduce.prefer_onednn()
+    os.chdir(reproduce.ROOT)  # the flagfile's dataset path is relative to the repository
+    start = time.perf_counter()
+    if args.stage in ("train", "all"):
+        reproduce.train(known_cells(args.cells, method_names()), args.output_dir, None)
+        print(f"[powered] trained; {time.perf_counter() - start:.0f} s", flush=True)
+    if args.stage in ("report", "all"):
+        print(report(args.cells, args.output_dir, args.parts, args.results_dir, args.figures_dir))
+
+
+if __name__ == "__main__":
+    main()
