@@ -2,8 +2,9 @@
 seconds per attack.
 
 Models (--models):
-- `quickstart`: the quick-start checkpoint (--quickstart, a .keras file; train it with
-  `python -m tf_fastbat.train --flagfile=flags/quickstart.cfg`), on the first --n_images test images of the shared
+- `quickstart`: a quick-start checkpoint (--quickstart, a .keras file; by default
+  `benchmarks/results/quickstart_model.keras`, the best model of the 8-epoch quick start of commit 48697f0, so
+  that figures compare across versions), on the first --n_images test images of the shared
   CIFAR-10 slice with their true labels, at each --eps: the field's protocol, where the cost depends on how many
   images survive each attack.
 - `preact_resnet18_w<width>` (e.g. preact_resnet18_w0.25, preact_resnet18_w1): an untrained PreActResNet-18 of that
@@ -14,7 +15,7 @@ Times are those of the first call in the process (tracing included; --repeats > 
 their median). --implementation times another copy of the package (an older version, say) under the same
 protocol. Prints one JSON object (and writes it to --output).
 
-    .venv/bin/python -m benchmarks.attack_throughput --models=quickstart --quickstart=/tmp/aa_qs/checkpoints/best.keras
+    .venv/bin/python -m benchmarks.attack_throughput --models=quickstart
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tf_fastbat.runtime import prefer_onednn
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data",
                     "cifar10_subset.npz")
-QUICKSTART = os.path.join("runs", "quickstart", "checkpoints", "best.keras")
+QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "quickstart_model.keras")
 WORST_CASE_PREFIX = "preact_resnet18_w"
 
 

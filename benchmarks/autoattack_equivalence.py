@@ -5,7 +5,7 @@ and compares every attack's cumulative robust mask with --reference (an .npz wit
 as written by --save). Exits with status 1 if the robust accuracy after some attack differs by more than
 --tolerance images; differing images are listed either way. Prints one JSON object.
 
-    .venv/bin/python -m benchmarks.autoattack_equivalence --model=/tmp/aa_qs/checkpoints/best.keras \\
+    .venv/bin/python -m benchmarks.autoattack_equivalence --model=benchmarks/results/quickstart_model.keras \\
         --reference=benchmarks/results/autoattack_masks_before.npz
 """
 
