@@ -26,3 +26,16 @@ def cifar_slice():
         pytest.fail(f"missing {SHARED_SLICE}: CI needs ../shared/data beside the clone (see ../shared/data/README.md)")
     with np.load(SHARED_SLICE) as archive:
         return {k: archive[k] for k in archive.files}
+
+
+def run_as_script(test_file: str, *args: str, timeout: int = 300) -> None:
+    """Runs a test module as a script in a fresh process (CPU only, no TF_CONFIG), for runs that need their own
+    logical devices; fails with the end of its stderr."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CONFIG", None)
+    process = subprocess.run([sys.executable, os.path.abspath(test_file), *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=timeout)
+    assert process.returncode == 0, process.stderr[-3000:]

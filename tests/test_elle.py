@@ -5,7 +5,6 @@ a backup and restore (the restored trainer continues exactly); and 2 replicas un
 device (a subprocess: the logical devices must exist before TensorFlow starts)."""
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_as_script
 from test_official_updates import (BATCH, flat, moving_averages, real_batch, restore,  # noqa: F401
                                    tiny_model, torch_rule_moving_averages)
 
@@ -269,11 +269,7 @@ def distributed_runs(out: str) -> None:
 
 def test_state_is_identical_across_two_replicas_and_equals_one_device(tmp_path):
     out = str(tmp_path / "runs.npz")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("TF_CONFIG", None)
-    process = subprocess.run([sys.executable, os.path.abspath(__file__), out], cwd=os.path.dirname(__file__),
-                             env=env, capture_output=True, text=True, timeout=300)
-    assert process.returncode == 0, process.stderr[-3000:]
+    run_as_script(__file__, out)
     with np.load(out) as runs:
         assert int(runs["replicas"]) == 2 and runs["mirrored/agree"].all()
         single, mirrored = runs["single/state"], runs["mirrored/state"]

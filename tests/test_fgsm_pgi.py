@@ -6,11 +6,11 @@ MirroredStrategy on two logical CPUs (a subprocess running this file as a script
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import run_as_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLICE = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_subset.npz")
@@ -261,10 +261,7 @@ def test_mirrored_strategy_on_two_devices_keeps_one_devices_state_and_weights(tm
     """Two replicas of 4 examples each, five steps (over a reset): the stored perturbations and momenta of every
     example, the weights and the optimizer state equal one device's on the 8-example batches."""
     out = str(tmp_path / "runs.npz")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    process = subprocess.run([sys.executable, os.path.abspath(__file__), "mirrored", out], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert process.returncode == 0, process.stderr[-3000:]
+    run_as_script(__file__, "mirrored", out, timeout=600)
     with np.load(out) as archive:
         runs = {k: archive[k] for k in archive.files}
     assert int(runs["replicas"]) == 2

@@ -4,7 +4,6 @@ the nuclear norm's gradient against torch, the lambda ramp against the official 
 under MirroredStrategy (the nuclear norm of the global batch's logits) against one device."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import tensorflow as tf
 import torch
 
+from conftest import run_as_script
 from test_official_updates import (BATCH, flat, moving_averages, real_batch, restore,  # noqa: F401
                                    tiny_model, torch_rule_moving_averages)
 from tf_fastbat import methods
@@ -167,11 +167,7 @@ def distributed_runs(out: str) -> None:
 @pytest.mark.slow
 def test_two_replicas_take_the_nuclear_norm_of_the_global_batch(tmp_path):
     out = str(tmp_path / "runs.npz")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("TF_CONFIG", None)
-    process = subprocess.run([sys.executable, os.path.abspath(__file__), out], cwd=os.path.dirname(__file__),
-                             env=env, capture_output=True, text=True, timeout=300)
-    assert process.returncode == 0, process.stderr[-3000:]
+    run_as_script(__file__, out)
     with np.load(out) as runs:
         scale = np.abs(runs["single"]).max()
         np.testing.assert_allclose(runs["mirrored"], runs["single"], rtol=1e-4, atol=1e-5 * scale)
