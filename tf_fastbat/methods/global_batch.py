@@ -12,7 +12,7 @@ from typing import Tuple
 import tensorflow as tf
 
 
-def _context():
+def replica_context():
     """The replica context when several replicas take part in this step, else None."""
     context = tf.distribute.get_replica_context()
     return context if context is not None and context.num_replicas_in_sync > 1 else None
@@ -24,7 +24,7 @@ def layout(local_batch: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     Replicas hold consecutive slices of the global batch in replica order, as tf.distribute splits it.
     """
     local_batch = tf.cast(local_batch, tf.int32)
-    context = _context()
+    context = replica_context()
     if context is None:
         return tf.constant(0, tf.int32), local_batch
     sizes = context.all_gather(tf.reshape(local_batch, [1]), axis=0)
@@ -34,7 +34,7 @@ def layout(local_batch: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
 
 def gather(tensor: tf.Tensor) -> tf.Tensor:
     """The global batch's rows of a per-replica tensor (concatenated in replica order); not differentiable."""
-    context = _context()
+    context = replica_context()
     tensor = tf.stop_gradient(tensor)
     return tensor if context is None else context.all_gather(tensor, axis=0)
 

@@ -8,17 +8,12 @@ every replica calls them, every step, in the same order.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict
 
 import tensorflow as tf
 
 from tf_fastbat.methods.base import StateSpec
-
-
-def _replica_context():
-    """The replica context when several replicas take part in this step, else None."""
-    context = tf.distribute.get_replica_context()
-    return context if context is not None and context.num_replicas_in_sync > 1 else None
+from tf_fastbat.methods.global_batch import gather, replica_context
 
 
 def create(spec: StateSpec, prefix: str = "method_state") -> Dict[str, tf.Variable]:
@@ -29,17 +24,9 @@ def create(spec: StateSpec, prefix: str = "method_state") -> Dict[str, tf.Variab
             for name, (shape, dtype) in spec.items()}
 
 
-def gather_rows(index: tf.Tensor, values: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(index, values) of the examples of every replica, in replica order (this replica's own on one device)."""
-    context = _replica_context()
-    if context is None:
-        return index, values
-    return context.all_gather(index, axis=0), context.all_gather(values, axis=0)
-
-
 def write_rows(variable: tf.Variable, index: tf.Tensor, values: tf.Tensor) -> None:
     """variable[index[i]] = values[i] for this step's examples of every replica (positions unique in the step)."""
-    index, values = gather_rows(tf.cast(index, tf.int64), tf.cast(values, variable.dtype))
+    index, values = gather(tf.cast(index, tf.int64)), gather(tf.cast(values, variable.dtype))
     variable.scatter_update(tf.IndexedSlices(values, index))
 
 
@@ -50,7 +37,7 @@ def assign(variable: tf.Variable, value: tf.Tensor) -> None:
 
 def global_sum(tensor: tf.Tensor) -> tf.Tensor:
     """The sum of `tensor` over the replicas (the tensor itself on one device)."""
-    context = _replica_context()
+    context = replica_context()
     if context is None:
         return tensor
     return context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
