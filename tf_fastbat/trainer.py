@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tf_fastbat.methods import Method
 from tf_fastbat.methods import state as method_state
+from tf_fastbat.methods.global_batch import layout, uniform_slice
 from tf_fastbat.methods.base import StepContext
 
 
@@ -20,17 +21,9 @@ def replicas_in_sync() -> int:
 
 
 def batch_layout(local_batch: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(offset of this replica's examples in the global batch, global batch size), both float32.
-
-    Replicas hold consecutive slices of the global batch in replica order (as tf.distribute splits it).
-    """
-    local_batch = tf.cast(local_batch, tf.float32)
-    if replicas_in_sync() == 1:
-        return tf.constant(0.0), local_batch
-    context = tf.distribute.get_replica_context()
-    sizes = context.all_gather(tf.reshape(local_batch, [1]), axis=0)  # one collective gives offset and total
-    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
-    return tf.reduce_sum(sizes[:replica]), tf.reduce_sum(sizes)
+    """(offset of this replica's examples in the global batch, global batch size), both float32."""
+    offset, total = layout(local_batch)
+    return tf.cast(offset, tf.float32), tf.cast(total, tf.float32)
 
 
 def replica_noise(shape: tf.Tensor, eps: float, seed: int, step: tf.Tensor, offset: tf.Tensor,
@@ -39,12 +32,8 @@ def replica_noise(shape: tf.Tensor, eps: float, seed: int, step: tf.Tensor, offs
 
     Every example gets the noise it would get on one device, so distributed runs repeat single-device runs.
     """
-    start, total = tf.cast(offset, tf.int32), tf.cast(global_batch, tf.int32)
-    global_shape = tf.concat([tf.reshape(total, [1]), shape[1:]], axis=0)
-    noise = tf.random.stateless_uniform(global_shape, seed=tf.stack([tf.constant(seed, tf.int64),
-                                                                     tf.cast(step, tf.int64)]),
-                                        minval=-eps, maxval=eps)
-    return noise[start:start + shape[0]]
+    seed_pair = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+    return uniform_slice(seed_pair, shape, offset, global_batch, -eps, eps)
 
 
 def loss_scale(optimizer) -> Optional[tf.Tensor]:

@@ -45,6 +45,13 @@ def uniform(seed: tf.Tensor, local_shape: tf.Tensor, minval: float, maxval: floa
     Every example gets the value it would get on one device, so distributed runs repeat single-device runs.
     """
     offset, total = layout(local_shape[0])
+    return uniform_slice(seed, local_shape, offset, total, minval, maxval)
+
+
+def uniform_slice(seed: tf.Tensor, local_shape: tf.Tensor, offset: tf.Tensor, total: tf.Tensor, minval: float,
+                  maxval: float) -> tf.Tensor:
+    """`uniform` for a replica whose `layout` (offset, global batch size) is already known."""
+    offset, total = tf.cast(offset, tf.int32), tf.cast(total, tf.int32)
     global_shape = tf.concat([tf.reshape(total, [1]), tf.cast(local_shape[1:], tf.int32)], axis=0)
     draw = tf.random.stateless_uniform(global_shape, seed=seed, minval=minval, maxval=maxval)
     return draw[offset:offset + local_shape[0]]
