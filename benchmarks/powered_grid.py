@@ -2,9 +2,9 @@
 
 Scale: the shared CIFAR-10 slice (5,085 training images, 508 held out; 1,017 test), PreActResNet-18 at width 0.25
 (flags/reproduce/powered.cfg). Two parts, each sized to about two hours of 2 CPU cores (RESULTS.md, "Powered grid"):
-  eps16  Fast-AT, Fast-BAT, N-FGSM, FGSM-PGI, NuAT, ELLE-A at 16/255, seed 0, long enough for catastrophic
+  eps16  Fast-AT, Fast-BAT, N-FGSM, FGSM-PGI, NuAT, ELLE-A, LIET at 16/255, seed 0, long enough for catastrophic
          overfitting to show (held-out PGD-10-1 accuracy and gradient alignment per epoch)
-  eps8   Fast-AT, Fast-BAT, N-FGSM, FGSM-PGI at 8/255, seeds 0-2: mean +- std, and whether each gap to Fast-BAT
+  eps8   Fast-AT, Fast-BAT, N-FGSM, FGSM-PGI, LIET at 8/255, seeds 0-2: mean +- std, and whether each gap to Fast-BAT
          exceeds the seed spread
 
     .venv/bin/python -m benchmarks.powered_grid --part=eps16 > runs/powered_eps16.log 2>&1 &
@@ -28,7 +28,7 @@ from benchmarks import reproduce
 from tf_fastbat.checkpoints import read_json  # no TensorFlow import
 
 FLAGFILE = os.path.join("flags", "reproduce", "powered.cfg")
-LABELS = {**reproduce.LABELS, "fgsm_pgi": "FGSM-PGI", "nu_at": "NuAT", "elle_a": "ELLE-A"}
+LABELS = {**reproduce.LABELS, "fgsm_pgi": "FGSM-PGI", "nu_at": "NuAT", "elle_a": "ELLE-A", "liet": "LIET"}
 REFERENCE = "fast_bat"  # the paper's method: every gap is measured against it
 COLLAPSE_FRACTION = 0.5  # an epoch collapses when its held-out PGD accuracy falls below half the best before it ...
 COLLAPSE_MIN_PEAK = 0.05  # ... once that best is at least 5% (not a fluctuation around zero)
@@ -43,8 +43,8 @@ class Part(NamedTuple):
 
 
 PARTS = {
-    "eps16": Part(16, ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "nu_at", "elle_a"), (0,), 15),
-    "eps8": Part(8, ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi"), (0, 1, 2), 8),
+    "eps16": Part(16, ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "nu_at", "elle_a", "liet"), (0,), 15),
+    "eps8": Part(8, ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "liet"), (0, 1, 2), 8),
 }
 
 

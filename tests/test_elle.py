@@ -32,8 +32,9 @@ def triplet_draws(step, eps=EPS8, shape=(BATCH, 32, 32, 3)):
 
 
 def official_loss(model, x, y, noise, draws, lin_reg, eps=EPS8, attack_step=EPS8, input_noise_rate=0.0,
-                  clamp=False):
-    """Trainer.loss, reg ELLE: the attack, out2, the triplet forward, lin_err, the clean metric forward."""
+                  clamp=False, smoothing=0.0):
+    """Trainer.loss, reg ELLE: the attack, out2, the triplet forward, lin_err, the clean metric forward; with
+    `smoothing`, the training CE is FastAT_Benchmark elle.py's criterion CrossEntropyLoss(label_smoothing)."""
     a_noise, b_noise, alpha = draws
     batch = x.shape[0]
     x_adv = x + input_noise_rate * noise  # input_noise_rate * attack_eps * (2 rand - 1)
@@ -46,7 +47,8 @@ def official_loss(model, x, y, noise, draws, lin_reg, eps=EPS8, attack_step=EPS8
         x_adv = tf.minimum(tf.maximum(x_adv, x - eps), x + eps)
     with tf.GradientTape() as tape:
         out2 = model(x_adv, training=True)
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, out2))
+        target = (1 - smoothing) * tf.one_hot(y, out2.shape[-1]) + smoothing / out2.shape[-1]
+        loss = tf.reduce_mean(-tf.reduce_sum(target * tf.nn.log_softmax(out2), axis=1))
         x_ab = tf.concat([x, x], axis=0) + tf.concat([a_noise, b_noise], axis=0)
         x_c = (1 - alpha) * x_ab[:batch] + alpha * x_ab[batch:]
         alpha = tf.reshape(alpha, [-1])
@@ -153,7 +155,7 @@ def test_adaptive_rule_follows_the_official_list_over_long_random_histories():
     assert spikes > 5
 
 
-@pytest.mark.parametrize("variant", ["elle_a", "n_fgsm_elle_a_clamped", "elle_constant"])
+@pytest.mark.parametrize("variant", ["elle_a", "n_fgsm_elle_a_clamped", "elle_constant", "elle_a_label_smoothing"])
 def test_gradient_and_batch_norm_averages_equal_the_official_step(variant, real_batch):
     """FGSM + ELLE-A (one forward stands for the official two clean ones), the noisy start with the ball
     projection (four distinct forwards), and ELLE's fixed lambda (the scripts' 1000 at eps 8)."""
@@ -163,7 +165,8 @@ def test_gradient_and_batch_norm_averages_equal_the_official_step(variant, real_
     hparams, rate, clamp, lam = {
         "elle_a": ({"lin_reg": LAMBDA_MAX}, 0.0, False, 10.0),
         "n_fgsm_elle_a_clamped": ({"lin_reg": LAMBDA_MAX, "input_noise_rate": 2.0, "clamp": True}, 2.0, True, 10.0),
-        "elle_constant": ({"lambda_schedule": "constant"}, 0.0, False, 1000.0)}[variant]
+        "elle_constant": ({"lambda_schedule": "constant"}, 0.0, False, 1000.0),
+        "elle_a_label_smoothing": ({"lin_reg": LAMBDA_MAX, "label_smoothing": 0.4}, 0.0, False, 10.0)}[variant]
     x, y = real_batch
     noise = tf.constant(np.random.default_rng(3).uniform(-EPS8, EPS8, x.shape).astype(np.float32))
     method = methods.build("elle_a", eps=EPS8, seed=SEED, **hparams)
@@ -173,7 +176,7 @@ def test_gradient_and_batch_norm_averages_equal_the_official_step(variant, real_
     model = tiny_model()
     before = moving_averages(model)
     grads, _, forward_inputs = official_loss(model, x, y, noise, triplet_draws(4), lam, input_noise_rate=rate,
-                                             clamp=clamp)
+                                             clamp=clamp, smoothing=hparams.get("label_smoothing", 0.0))
     expected_averages = torch_rule_moving_averages(model, before, forward_inputs)
     restore(model, before)
     result = tf.function(method.step)(model, x, y, noise, context=step_context(4, variables))

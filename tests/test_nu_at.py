@@ -21,13 +21,16 @@ from tf_fastbat.methods.nu_at import nuclear_norm
 EPS8, EPS16 = 8 / 255, 16 / 255
 
 
-def official_nu_at(model, x, y, u, eps, nuc_reg, alt, b_val, f_eps):
-    """The training loop body: out, NucAttack(steps=1, alt=counter % 2), the delta clamp, the NuAT loss."""
+def official_nu_at(model, x, y, u, eps, nuc_reg, alt, b_val, f_eps, smoothing=0.0):
+    """The training loop body: out, NucAttack(steps=1, alt=counter % 2), the delta clamp, the NuAT loss; with
+    `smoothing`, FastAT_Benchmark's nu_at.py, whose criterion CrossEntropyLoss(label_smoothing) is both CEs."""
     def nuc(matrix):
         return tf.reduce_sum(tf.linalg.svd(matrix, compute_uv=False))  # torch.norm(matrix, 'nuc')
 
     def cross_entropy(logits):
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        k = logits.shape[-1]
+        target = (1 - smoothing) * tf.one_hot(y, k) + smoothing / k
+        return tf.reduce_mean(-tf.reduce_sum(target * tf.nn.log_softmax(logits), axis=1))
 
     train_batch_size = x.shape[0]
     out = model(x, training=True)
@@ -63,6 +66,7 @@ def context(step, epoch_index):
 CASES = {
     # name: (eps, hparams, step, epoch_index, official lambda, official alt)
     "epoch0_odd": (EPS8, {"nuc_ramp_epochs": 9.0}, 7, 0, 0.0, 1),
+    "benchmark_label_smoothing": (EPS8, {"nuc_ramp_epochs": 9.0, "label_smoothing": 0.4}, 7, 3, 4.5 * 3 / 9, 1),
     "epoch3_odd_attack_nuclear": (EPS8, {"nuc_ramp_epochs": 9.0}, 7, 3, 4.5 * 3 / 9, 1),
     "epoch3_even_attack_ce": (EPS8, {"nuc_ramp_epochs": 9.0}, 8, 3, 4.5 * 3 / 9, 0),
     "ramp_done_eps16": (EPS16, {"nuc_ramp_epochs": 2.0, "nuc_max": 4.0}, 3, 5, 4.0, 1),
@@ -76,7 +80,8 @@ def test_update_equals_the_official_loop(case, real_batch):
     u, noise = bernoulli_draw()
     model = tiny_model()
     before = moving_averages(model)
-    expected, expected_adv, forward_inputs = official_nu_at(model, x, y, u, eps, nuc_reg, alt, eps / 2, eps)
+    expected, expected_adv, forward_inputs = official_nu_at(model, x, y, u, eps, nuc_reg, alt, eps / 2, eps,
+                                                            hparams.get("label_smoothing", 0.0))
     expected_averages = torch_rule_moving_averages(model, before, forward_inputs)
     restore(model, before)
     result = tf.function(methods.build("nu_at", eps=eps, **hparams).step)(model, x, y, noise(eps),
@@ -91,7 +96,7 @@ def test_update_equals_the_official_loop(case, real_batch):
 
 def test_the_cases_see_both_nuclear_terms(real_batch):
     """The comparison above would catch a missing term: the attack's nuclear norm moves x_adv, the training
-    loss's moves the gradient by far more than the tolerance."""
+    loss's moves the gradient by far more than the tolerance, and so does label smoothing."""
     x, y = real_batch
     u, _ = bernoulli_draw()
     model = tiny_model()
@@ -101,8 +106,12 @@ def test_the_cases_see_both_nuclear_terms(real_batch):
     _, adv_ce, _ = official_nu_at(model, x, y, u, EPS8, 1.5, 0, EPS8 / 2, EPS8)
     restore(model, averages)
     without, _, _ = official_nu_at(model, x, y, u, EPS8, 0.0, 0, EPS8 / 2, EPS8)
+    restore(model, averages)
+    smoothed, adv_smoothed, _ = official_nu_at(model, x, y, u, EPS8, 1.5, 1, EPS8 / 2, EPS8, 0.4)
     assert np.mean(adv_nuclear.numpy() != adv_ce.numpy()) > 0.01
     assert np.linalg.norm(flat(with_both) - flat(without)) > 1e-2 * np.linalg.norm(flat(without))
+    assert np.mean(adv_smoothed.numpy() != adv_nuclear.numpy()) > 0.001  # the attack's smoothing is visible
+    assert np.linalg.norm(flat(smoothed) - flat(with_both)) > 1e-2 * np.linalg.norm(flat(with_both))
 
 
 def test_nuclear_norm_and_its_gradient_equal_torch():

@@ -357,11 +357,20 @@ def test_the_benchmark_flagfiles_hold_its_recipe():
     assert result.returncode == 0, result.stderr[-2000:]
     parsed = json.loads(result.stdout.strip().splitlines()[-1])
     assert {os.path.basename(p) for p in parsed} == {f"fastat_benchmark_resnet18_{m}_eps8.cfg" for m in (
-        "fast_at", "n_fgsm", "fast_at_ga", "fast_bat", "pgd", "pgd_wa")}
+        "fast_at", "n_fgsm", "fast_at_ga", "fast_bat", "pgd", "pgd_wa", "nu_at", "fgsm_pgi", "liet")}
     for path, values in parsed.items():
-        assert {k: values[k] for k in BENCHMARK} == BENCHMARK, path
-        assert values["hparams"]["label_smoothing"] == 0.4
+        own_criterion = path.endswith("_liet_eps8.cfg")  # liet.py's random label smoothing replaces the recipe's
+        recipe = {**BENCHMARK, "label_smoothing": 0.0} if own_criterion else BENCHMARK
+        assert {k: values[k] for k in BENCHMARK} == recipe, path
+        assert values["hparams"].get("label_smoothing", 0.0) == recipe["label_smoothing"], path
         assert values["weight_averaging"] == (0.0 if path.endswith("_pgd_eps8.cfg") else 0.9995), path
+    liet = parsed["flags/fastat_benchmark_resnet18_liet_eps8.cfg"]["hparams"]  # configs/cifar10/liet.yaml
+    assert (liet["random_smoothing"], liet["consistency_weight"], liet["mask_ratio"], liet["li_update"]) == (
+        0.6, 100.0, [0.1, 0.5], 20)
+    nu_at = parsed["flags/fastat_benchmark_resnet18_nu_at_eps8.cfg"]["hparams"]  # nu_at.yaml, nuc_max / epochs
+    assert (nu_at["nuc_max"], nu_at["nuc_ramp_epochs"]) == (4.0, 100.0)
+    pgi = parsed["flags/fastat_benchmark_resnet18_fgsm_pgi_eps8.cfg"]["hparams"]  # fgsm_pgi.yaml
+    assert (pgi["lamda"], pgi["momentum_decay"], pgi["epochs_reset"]) == (10.0, 0.3, 40)
     ga = parsed["flags/fastat_benchmark_resnet18_fast_at_ga_eps8.cfg"]
     assert ga["attack_lr"] == 8.0 and ga["ga_coef"] == 0.2  # grad_align.py: FGSM step eps, cos lambda 0.2
     pgd = parsed["flags/fastat_benchmark_resnet18_pgd_eps8.cfg"]

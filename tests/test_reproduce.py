@@ -122,10 +122,10 @@ from benchmarks import powered_grid  # noqa: E402
 
 def test_powered_cells_parse_with_their_part_epochs_and_the_shared_slice():
     cells = [c for part in powered_grid.PARTS.values() for c in powered_grid.part_cells(part)]
-    assert [c.name for c in cells[:6]] == [f"{m}_eps16_seed0" for m in
-                                           ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "nu_at", "elle_a")]
-    assert sorted(c.name for c in cells[6:]) == sorted(f"{m}_eps8_seed{s}" for s in range(3)
-                                                       for m in ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi"))
+    assert [c.name for c in cells[:7]] == [f"{m}_eps16_seed0" for m in
+                                           ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "nu_at", "elle_a", "liet")]
+    assert sorted(c.name for c in cells[7:]) == sorted(f"{m}_eps8_seed{s}" for s in range(3) for m in
+                                                       ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "liet"))
     argv = [cell.command("runs/powered", None)[3:] for cell in cells]
     assert all(a[0] == "--flagfile=flags/reproduce/powered.cfg" for a in argv)
     result = subprocess.run([sys.executable, "-c", CHECK, json.dumps(argv)], cwd=ROOT, capture_output=True,
@@ -141,7 +141,7 @@ def test_powered_cells_parse_with_their_part_epochs_and_the_shared_slice():
 
 def test_powered_grid_skips_methods_missing_from_names_with_one_line_each(capsys):
     cells = powered_grid.part_cells(powered_grid.PARTS["eps8"]) + powered_grid.part_cells(powered_grid.PARTS["eps16"])
-    kept = powered_grid.known_cells(cells, ["fast_at", "fast_bat", "n_fgsm", "nu_at"])
+    kept = powered_grid.known_cells(cells, ["fast_at", "fast_bat", "n_fgsm", "nu_at", "liet"])
     assert [c.name for c in kept] == [c.name for c in cells if c.method not in ("fgsm_pgi", "elle_a")]
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == ["[powered] elle_a: not in tf_fastbat.methods.NAMES, its 1 cell(s) skipped",

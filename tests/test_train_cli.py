@@ -34,9 +34,12 @@ def train(*args, check=True, timeout=600):
     ("--lmbda=-1", "--lmbda=-1.0: must be >= 0"),
     ("--backup_every_steps=-1", "--backup_every_steps=-1: must be >= 0"),
     ("--backup_every_seconds=-5", "--backup_every_seconds=-5: must be >= 0"),
+    ("--method=liet --liet_mask_ratio=0.5,0.1", "--liet_mask_ratio=0.5,0.1: give r_min,r_max"),
+    ("--method=liet --attack_lr=4", "--attack_lr: --method=liet has no attack step"),
 ])
 def test_bad_input_gets_one_line_naming_the_flag(tmp_path, flag, message):
-    result = train(f"--workdir={tmp_path}", "--dataset=npz:" + str(BUNDLED_SLICE), flag, check=False, timeout=120)
+    result = train(f"--workdir={tmp_path}", "--dataset=npz:" + str(BUNDLED_SLICE), *flag.split(), check=False,
+                   timeout=120)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "tf_fastbat.train: error" in line]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]

@@ -66,6 +66,8 @@ def define_method_flags() -> None:
                          "otherwise 2; nu_at, elle_a and fgsm_pgi eps).", maximum=None)
     _require(["method", "eps"], lambda v: v["method"] == "standard" or v["eps"] > 0,
              "--eps=0 leaves --method={method} nothing to attack; use --method=standard")
+    _require(["method", "attack_lr"], lambda v: v["attack_lr"] is None or v["method"] not in ("standard", "liet"),
+             "--attack_lr: --method={method} has no attack step to set (liet steps by eps, as officially)")
     flags.DEFINE_float("lmbda", 10.0, "Fast-BAT lambda of the implicit gradient (eq. 11); 0 means 1/attack_lr, "
                        "as in the official trainer.")
     validator("lmbda", lambda v: v >= 0, lambda v: f"--lmbda={v}: must be >= 0 (0 means 1/attack_lr)")
@@ -81,6 +83,7 @@ def define_method_flags() -> None:
     validator("attack_step", lambda v: v >= 1, lambda v: f"--attack_step={v}: PGD needs at least one step")
     define_nu_at_elle_flags()
     define_fgsm_pgi_flags()
+    define_liet_flags()
 
 
 def define_fgsm_pgi_flags() -> None:
@@ -94,6 +97,32 @@ def define_fgsm_pgi_flags() -> None:
     flags.DEFINE_integer("pgi_epochs_reset", 40, "FGSM-PGI: every this many epochs the stored perturbations restart "
                          "from random corners and the momenta from zero (official --epochs_reset 40).")
     validator("pgi_epochs_reset", lambda v: v >= 1, lambda v: f"--pgi_epochs_reset={v}: must be at least 1")
+
+
+def _mask_ratio_ok(value) -> bool:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return False
+    return 0.0 <= low <= high <= 1.0
+
+
+def define_liet_flags() -> None:
+    """LIET's hyperparameters (default: the official configs.yaml for CIFAR-10 at eps <= 8, and at 16 above)."""
+    flags.DEFINE_float("liet_lambda", None, "LIET consistency weight reached in the last epoch (rises by "
+                       "lambda / --epochs per epoch; official 100, above eps 8: 20).")
+    validator("liet_lambda", lambda v: v is None or v >= 0, lambda v: f"--liet_lambda={v}: must be >= 0")
+    flags.DEFINE_float("liet_smoothing", None, "LIET random label smoothing s: 1 - s on the true class, s split "
+                       "at random over the others, drawn anew per loss (official 0.6, above eps 8: 0.4).")
+    validator("liet_smoothing", lambda v: v is None or 0 <= v < 1,
+              lambda v: f"--liet_smoothing={v}: must be in [0, 1)")
+    flags.DEFINE_list("liet_mask_ratio", None, "LIET r_min,r_max: each step replaces a U[r_min, r_max) share of "
+                      "the label-indicative start by noise (official 0.1,0.5; above eps 8: 0,1).")
+    validator("liet_mask_ratio", lambda v: v is None or _mask_ratio_ok(v),
+              lambda v: f"--liet_mask_ratio={','.join(v)}: give r_min,r_max with 0 <= r_min <= r_max <= 1")
+    flags.DEFINE_integer("liet_li_update", None, "LIET: steps between label-indicative perturbations, counted "
+                         "from each epoch's first (official 20; above eps 8: 10).")
+    validator("liet_li_update", lambda v: v is None or v >= 1, lambda v: f"--liet_li_update={v}: must be >= 1")
 
 
 def define_nu_at_elle_flags() -> None:
@@ -258,6 +287,10 @@ def method_hparams(f=FLAGS) -> Dict:
         hparams.update(lambda_schedule=f.lambda_schedule, lin_reg=f.lin_reg, decay_rate=f.elle_decay_rate,
                        sensitivity=f.elle_sensitivity, input_noise_rate=f.elle_input_noise_rate, clamp=f.elle_clamp,
                        seed=f.seed)
+    if f.method == "liet":
+        ratio = None if f.liet_mask_ratio is None else tuple(float(v) for v in f.liet_mask_ratio)
+        hparams.update(consistency_weight=f.liet_lambda, random_smoothing=f.liet_smoothing, mask_ratio=ratio,
+                       li_update=f.liet_li_update, ramp_epochs=float(f.epochs), seed=f.seed)
     return hparams
 
 
@@ -290,4 +323,4 @@ _OWN_FLAGS = (
     "mixed_precision tensorboard export_dir export_model_name sync_batch_norm backup_every_steps "
     "backup_every_seconds nuc_init nuc_max nuc_ramp_epochs lambda_schedule lin_reg elle_decay_rate elle_sensitivity "
     "elle_input_noise_rate elle_clamp weight_averaging label_smoothing pgi_lamda pgi_momentum_decay "
-    "pgi_epochs_reset").split()
+    "pgi_epochs_reset liet_lambda liet_smoothing liet_mask_ratio liet_li_update").split()

@@ -66,7 +66,7 @@ class AdversarialTrainer(keras.Model):
         self.steps_per_epoch = steps_per_epoch
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        spec = method.state_spec(num_examples or 0, tuple(classifier.input_shape[1:]))
+        spec = method.state_spec(num_examples or 0, tuple(classifier.input_shape[1:]), int(classifier.output_shape[-1]))
         if (spec or method.needs_index) and (num_examples is None or steps_per_epoch is None):
             raise ValueError(f"--method={method.name} keeps per-example state: the trainer needs num_examples and "
                              "steps_per_epoch")
@@ -84,10 +84,12 @@ class AdversarialTrainer(keras.Model):
         if self.steps_per_epoch:
             epoch = tf.cast(tf.cast(step, tf.float64) / float(self.steps_per_epoch), tf.float32)
             epoch_index = step // int(self.steps_per_epoch)
+            epoch_step = step - epoch_index * int(self.steps_per_epoch)
         else:
             epoch, epoch_index = tf.constant(float("nan"), tf.float32), tf.constant(-1, tf.int64)
+            epoch_step = tf.constant(-1, tf.int64)
         index = tf.cast(index, tf.int64) if index is not None and self.method.needs_index else None
-        return StepContext(step, epoch, epoch_index, index, self.method_state)
+        return StepContext(step, epoch, epoch_index, index, self.method_state, epoch_step)
 
     def call(self, x, training=False):
         return self.classifier(x, training=training)

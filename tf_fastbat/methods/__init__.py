@@ -10,12 +10,13 @@ from tf_fastbat.methods.fast_at import FastAT
 from tf_fastbat.methods.fast_at_ga import FastATGA
 from tf_fastbat.methods.fast_bat import FastBAT
 from tf_fastbat.methods.fgsm_pgi import FGSMPGI
+from tf_fastbat.methods.liet import LIET
 from tf_fastbat.methods.n_fgsm import NFGSM
 from tf_fastbat.methods.nu_at import NuAT
 from tf_fastbat.methods.pgd import PGD
 from tf_fastbat.methods.standard import Standard
 
-REGISTRY = {cls.name: cls for cls in (FastBAT, FastAT, FastATGA, PGD, NFGSM, Standard, FGSMPGI, NuAT, ElleA)}
+REGISTRY = {cls.name: cls for cls in (FastBAT, FastAT, FastATGA, PGD, NFGSM, Standard, FGSMPGI, NuAT, ElleA, LIET)}
 NAMES = tuple(REGISTRY)
 
 

@@ -24,7 +24,8 @@ class StepContext(NamedTuple):
     step: int64 optimizer iterations before this step; epoch: float32 fractional epochs done (step / steps per
     epoch; NaN when the trainer does not know the epoch length); epoch_index: int64 0-based epoch of this step (-1
     when unknown); index: int64 [local batch] positions of the examples in the training set (None unless the method
-    `needs_index`); state: the variables of `state_spec` (write them through `methods.state`).
+    `needs_index`); state: the variables of `state_spec` (write them through `methods.state`); epoch_step: int64
+    0-based step within its epoch (-1 when unknown).
     """
 
     step: tf.Tensor
@@ -32,6 +33,7 @@ class StepContext(NamedTuple):
     epoch_index: tf.Tensor
     index: Optional[tf.Tensor]
     state: Dict[str, tf.Variable]
+    epoch_step: Optional[tf.Tensor] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,8 @@ class Method:
         """The label smoothing of `loss` ("training" or "attack"): label_smoothing where the method applies it."""
         return self.label_smoothing if loss in self.smoothed_losses else 0.0
 
-    def state_spec(self, num_examples: int, input_shape: Tuple[int, ...]) -> StateSpec:
+    def state_spec(self, num_examples: int, input_shape: Tuple[int, ...],
+                   num_classes: Optional[int] = None) -> StateSpec:
         """name -> (shape, dtype) of the variables the method keeps across steps (zeros at the start); none here."""
         return {}
 

@@ -79,6 +79,8 @@ class ElleA(Method):
     seed: int = 0  # of the triplet draws (the training seed)
 
     name = "elle_a"
+    # FastAT_Benchmark's elle.py smooths the training CE only (its FGSM and the triplet losses use plain CE).
+    smoothed_losses = ("training",)
 
     def __post_init__(self):
         if self.lambda_schedule not in SCHEDULES:
@@ -90,7 +92,7 @@ class ElleA(Method):
             return self.lin_reg
         return LAMBDA_MAX_ONOFF if self.lambda_schedule == "onoff" else default_constant_lambda(self.eps)
 
-    def state_spec(self, num_examples, input_shape):
+    def state_spec(self, num_examples, input_shape, num_classes=None):
         return {name: ((), tf.float64) for name in STATE} if self.lambda_schedule == "onoff" else {}
 
     def current_lambda(self, context) -> tf.Tensor:
@@ -130,7 +132,7 @@ class ElleA(Method):
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.tile(tf.cast(y, tf.int32), [3]),
                                                                     triplet_logits)
             errors = linearity_error(losses, tf.reshape(alpha, [-1]), batch)
-            loss = scaled(ce_mean(logits, y) + lam * tf.reduce_mean(errors), loss_scale)
+            loss = scaled(ce_mean(logits, y, self.smoothing("training")) + lam * tf.reduce_mean(errors), loss_scale)
         grads = tape.gradient(loss, model.trainable_variables)
         if self.input_noise_rate != 0:
             with forwards.at("clean"):

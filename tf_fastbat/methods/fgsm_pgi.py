@@ -42,7 +42,7 @@ class FGSMPGI(Method):
     def step_size(self) -> float:
         return self.eps if self.attack_lr is None else self.attack_lr
 
-    def state_spec(self, num_examples, input_shape):
+    def state_spec(self, num_examples, input_shape, num_classes=None):
         shape = (int(num_examples), *input_shape)
         return {"delta": (shape, tf.float32), "momentum": (shape, tf.float32)}
 

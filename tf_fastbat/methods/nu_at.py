@@ -53,6 +53,8 @@ class NuAT(Method):
     nuc_ramp_epochs: float = OFFICIAL_EPOCHS - 10.0  # R: lambda reaches nuc_max after R epochs (official: epochs - 10)
 
     name = "nu_at"
+    # FastAT_Benchmark's nu_at.py uses its smoothed criterion for the attack's CE and the training CE.
+    smoothed_losses = ("attack", "training")
 
     def start_magnitude(self) -> float:
         return 0.5 * self.eps if self.init_magnitude is None else self.init_magnitude
@@ -78,7 +80,8 @@ class NuAT(Method):
             logits = tf.cast(model(start, training=False), tf.float32)
             surrogate, _ = nuclear_surrogate(reference - logits)
             local_batch = tf.cast(tf.shape(x)[0], tf.float32)
-            objective = scaled(ce_mean(logits, y) + attack_reg * surrogate / local_batch, loss_scale)
+            objective = scaled(ce_mean(logits, y, self.smoothing("attack")) + attack_reg * surrogate / local_batch,
+                               loss_scale)
         gradient = unscaled(tape.gradient(objective, start), loss_scale)
         stepped = tf.clip_by_value(start + self.step_size() * tf.sign(gradient), 0.0, 1.0)
         return x + project(stepped - x, x, self.eps)
@@ -103,6 +106,7 @@ class NuAT(Method):
             # Per replica: CE over its examples plus its share of lambda ||D||_* / B_n, both per local example;
             # the trainer weights each replica by its share of the global batch.
             local_batch = tf.cast(tf.shape(x)[0], tf.float32)
-            loss = scaled(ce_mean(clean_logits, y) + nuc_reg * surrogate / local_batch, loss_scale)
+            loss = scaled(ce_mean(clean_logits, y, self.smoothing("training")) + nuc_reg * surrogate / local_batch,
+                          loss_scale)
         grads = tape.gradient(loss, model.trainable_variables)
         return Step(grads, x_adv, adversarial_logits)
