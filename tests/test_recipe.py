@@ -348,7 +348,8 @@ print(json.dumps(out))
 # configs/cifar10/common.yaml and <method>.yaml, and main.py's OneCycleLR (torch's momentum defaults).
 BENCHMARK = {"model": "resnet18", "batch_size": 128, "epochs": 100, "lr_schedule": "one_cycle", "lr_max": 0.1,
              "momentum": 0.95, "base_momentum": 0.85, "cycle_momentum": True, "weight_decay": 5e-4,
-             "label_smoothing": 0.4, "eps": 8.0, "val_ratio": 0.02, "es_attack_step": 10, "es_restarts": 1}
+             "label_smoothing": 0.4, "eps": 8.0, "val_ratio": 0.02, "es_attack_step": 10, "es_restarts": 1,
+             "input_normalization": False}
 
 
 def test_the_benchmark_flagfiles_hold_its_recipe():
@@ -400,3 +401,24 @@ def test_the_training_tool_validates_checkpoints_and_backs_up_the_average(tmp_pa
     assert max(np.abs(a - s).max() for a, s in zip(stored["model/"], last)) > 1e-3
     report = json.loads((workdir / "report.json").read_text())
     assert report["method"]["label_smoothing"] == 0.4
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_input_normalization_flag_gives_the_dataset_statistics_or_raw_pixels(normalize):
+    """--input_normalization=false: the network's first layer sees the [0, 1] pixels themselves (the benchmark's
+    unnormalized inputs); true: (x - mean) / std with the dataset's statistics."""
+    import types
+
+    import keras
+
+    from tf_fastbat import config, models
+
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+    statistics = config.input_statistics(mean, std, types.SimpleNamespace(input_normalization=normalize))
+    classifier = models.build("preact_resnet18", 10, "relu", 0.25, (32, 32, 3), *statistics)
+    first = keras.Model(classifier.inputs, classifier.get_layer("normalize").output)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    expected = (x - np.float32(mean)) / np.float32(std) if normalize else x
+    np.testing.assert_allclose(first(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    if not normalize:
+        np.testing.assert_array_equal(first(x).numpy(), x)

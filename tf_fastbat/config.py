@@ -3,7 +3,7 @@ like the official code and read as fractions (tf_fastbat.flagtypes)."""
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple
 
 from absl import flags
 
@@ -54,6 +54,8 @@ def define_model_flags() -> None:
     flags.DEFINE_enum("activation", "relu", ["relu", "softplus", "swish"], "Activation (Table A5).")
     flags.DEFINE_float("width_multiplier", 1.0, "Channel multiplier (0.25 gives a width-16 PreActResNet-18).")
     validator("width_multiplier", lambda v: v > 0, lambda v: f"--width_multiplier={v}: must be positive")
+    flags.DEFINE_boolean("input_normalization", True, "Normalize inputs by the dataset's mean and std inside the "
+                         "model (false: raw [0, 1] pixels, as FastAT_Benchmark's and LIET's models see them).")
 
 
 def define_method_flags() -> None:
@@ -266,6 +268,13 @@ def eval_eps_list(f=FLAGS) -> List[float]:
     return list(f.eval_eps) or [f.eps]
 
 
+def input_statistics(mean: Sequence[float], std: Sequence[float], f=FLAGS) -> Tuple[Tuple[float, ...], ...]:
+    """(mean, std) of the model's input normalization: the dataset's, or the identity (0, 1) without it."""
+    if f.input_normalization:
+        return tuple(mean), tuple(std)
+    return (0.0,) * len(mean), (1.0,) * len(std)
+
+
 def method_hparams(f=FLAGS) -> Dict:
     """The chosen method's hyperparameters from the flags (fractions of 1 inside the library)."""
     hparams = {"eps": f.eps, **({"label_smoothing": f.label_smoothing} if f.label_smoothing else {})}
@@ -315,6 +324,7 @@ _EPS_FLAGS = ("eps", "attack_lr", "eval_eps", "nuc_init")
 
 _OWN_FLAGS = (
     "workdir seed deterministic dataset data_dir manual_dir image_size val_ratio model activation width_multiplier "
+    "input_normalization "
     "method eps attack_lr lmbda linearization implicit_gradient cg_steps ga_coef attack_step epochs batch_size "
     "lr_schedule lr_max lr_min "
     "cyclic_milestone key_epochs lr_decay_rate momentum cycle_momentum base_momentum weight_decay steps_per_epoch "

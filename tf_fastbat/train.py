@@ -72,7 +72,7 @@ def run(f=FLAGS) -> dict:
 
     with strategy.scope():
         classifier = models.build(f.model, source.num_classes, f.activation, f.width_multiplier,
-                                  source.image_shape, source.mean, source.std)
+                                  source.image_shape, *config.input_statistics(source.mean, source.std, f))
         if f.sync_batch_norm == "true" or (f.sync_batch_norm == "auto" and strategy.num_replicas_in_sync > 1):
             distribution.synchronize_batch_norm(classifier)
         lr = optim.schedule(f.lr_schedule, epochs=f.epochs, steps_per_epoch=steps_per_epoch, lr_max=f.lr_max,
