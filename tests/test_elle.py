@@ -243,31 +243,16 @@ def test_state_survives_a_backup_and_the_restored_trainer_continues_exactly(real
 
 
 def distributed_runs(out: str) -> None:
-    """Subprocess: 4 steps of ELLE-A on 2 logical CPUs (MirroredStrategy) and on one; weights and state per step,
-    and whether the replicas' copies of the state agree."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from test_distribution import build_classifier, training_batches
+    """Subprocess: 4 steps of ELLE-A on 2 logical CPUs (MirroredStrategy) and on one."""
+    from test_distribution import build_classifier
+    from two_replicas import state_runs
 
-    results = {}
-    for label, strategy in (("single", tf.distribute.get_strategy()),
-                            ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-        with strategy.scope():
-            trainer = build_trainer(build_classifier("syncbn"), 3e4, 3)
-            seeded_state(trainer.method_state, PRIOR, 10.0)
-        weights, states, agree = [], [], []
+    def build():
+        trainer = build_trainer(build_classifier("syncbn"), 3e4, 3)
+        seeded_state(trainer.method_state, PRIOR, 10.0)
+        return trainer
 
-        def record(epoch, logs):
-            weights.append(snapshot(trainer)[0])
-            states.append([trainer.method_state[n].numpy() for n in ("lambda", "count", "mean", "m2")])
-            copies = [[np.asarray(c.numpy()) for c in getattr(v, "values", [v])] for v in trainer.method_state.values()]
-            agree.append(all(np.array_equal(c[0], other) for c in copies for other in c))
-
-        trainer.fit(training_batches(), epochs=4, steps_per_epoch=1, verbose=0,
-                    callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
-        results.update({f"{label}/weights": np.stack(weights), f"{label}/state": np.array(states),
-                        f"{label}/agree": np.array(agree), "replicas": np.array(strategy.num_replicas_in_sync)})
-    np.savez(out, **results)
+    np.savez(out, **state_runs(build, 4))
 
 
 def test_state_is_identical_across_two_replicas_and_equals_one_device(tmp_path):
@@ -275,11 +260,13 @@ def test_state_is_identical_across_two_replicas_and_equals_one_device(tmp_path):
     run_as_script(__file__, out)
     with np.load(out) as runs:
         assert int(runs["replicas"]) == 2 and runs["mirrored/agree"].all()
-        single, mirrored = runs["single/state"], runs["mirrored/state"]
-        assert len(set(single[:, 0])) > 1, "lambda must move in the compared steps"
-        np.testing.assert_allclose(mirrored[:, 0], single[:, 0], rtol=1e-12)  # lambda
-        np.testing.assert_array_equal(mirrored[:, 1], single[:, 1])  # count
-        np.testing.assert_allclose(mirrored[:, 2:], single[:, 2:], rtol=1e-4)  # mean, m2 (float32 error sums)
+        single, mirrored = ({name: runs[f"{label}/state/{name}"] for name in ("lambda", "count", "mean", "m2")}
+                            for label in ("single", "mirrored"))
+        assert len(set(single["lambda"])) > 1, "lambda must move in the compared steps"
+        np.testing.assert_allclose(mirrored["lambda"], single["lambda"], rtol=1e-12)
+        np.testing.assert_array_equal(mirrored["count"], single["count"])
+        for name in ("mean", "m2"):  # float32 error sums
+            np.testing.assert_allclose(mirrored[name], single[name], rtol=1e-4)
         scale = np.abs(runs["single/weights"]).max()
         np.testing.assert_allclose(runs["mirrored/weights"], runs["single/weights"], rtol=1e-4, atol=1e-5 * scale)
 

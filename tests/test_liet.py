@@ -251,31 +251,11 @@ def test_state_survives_a_backup_and_the_restored_trainer_continues_exactly(real
 
 
 def distributed_runs(out: str) -> None:
-    """Subprocess: 5 steps of LIET on 2 logical CPUs (MirroredStrategy) and on one; weights and LI per step, and
-    whether the replicas' copies of LI agree."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from test_distribution import build_classifier, training_batches
+    """Subprocess: 5 steps of LIET on 2 logical CPUs (MirroredStrategy) and on one."""
+    from test_distribution import build_classifier
+    from two_replicas import state_runs
 
-    results = {}
-    for label, strategy in (("single", tf.distribute.get_strategy()),
-                            ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-        with strategy.scope():
-            trainer = build_trainer(build_classifier("syncbn"), 3, num_examples=24)
-        weights, states, agree = [], [], []
-
-        def record(epoch, logs):
-            weights.append(snapshot(trainer)[0])
-            states.append(snapshot(trainer)[1])
-            variable = trainer.method_state["label_indicative"]
-            copies = [np.asarray(c.numpy()) for c in getattr(variable, "values", [variable])]
-            agree.append(all(np.array_equal(copies[0], other) for other in copies))
-
-        trainer.fit(training_batches(), epochs=5, steps_per_epoch=1, verbose=0,
-                    callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
-        results.update({f"{label}/weights": np.stack(weights), f"{label}/state": np.stack(states),
-                        f"{label}/agree": np.array(agree), "replicas": np.array(strategy.num_replicas_in_sync)})
-    np.savez(out, **results)
+    np.savez(out, **state_runs(lambda: build_trainer(build_classifier("syncbn"), 3, num_examples=24), 5))
 
 
 def test_state_is_identical_across_two_replicas_and_equals_one_device(tmp_path):
@@ -283,9 +263,9 @@ def test_state_is_identical_across_two_replicas_and_equals_one_device(tmp_path):
     run_as_script(__file__, out)
     with np.load(out) as runs:
         assert int(runs["replicas"]) == 2 and runs["mirrored/agree"].all()
-        single = runs["single/state"]
+        single = runs["single/state/label_indicative"]
         assert len({s.tobytes() for s in single}) > 1, "LI must be recomputed in the compared steps"
-        np.testing.assert_array_equal(runs["mirrored/state"], single)
+        np.testing.assert_array_equal(runs["mirrored/state/label_indicative"], single)
         scale = np.abs(runs["single/weights"]).max()
         np.testing.assert_allclose(runs["mirrored/weights"], runs["single/weights"], rtol=1e-4, atol=1e-5 * scale)
 
