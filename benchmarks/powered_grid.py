@@ -109,8 +109,9 @@ def summary(cell: PoweredCell, output_dir: str) -> Optional[Dict]:
     if report is None:
         return None
     key = f"{cell.eps:g}/255"
-    out = {"seconds_per_epoch": report.get("seconds_per_epoch"), "best_epoch": report.get("best_epoch"),
-           "epochs": report.get("epochs"), "command": " ".join(cell.command(output_dir, None)[1:])}
+    out = {"seed": cell.seed, "seconds_per_epoch": report.get("seconds_per_epoch"),
+           "best_epoch": report.get("best_epoch"), "epochs": report.get("epochs"),
+           "command": " ".join(cell.command(output_dir, None)[1:])}
     for name, result in report["checkpoints"].items():
         attack = next(a for a in sorted(result["robust_accuracy"]) if a.startswith("pgd-"))
         out[name] = {"SA": result["clean_accuracy"], "RA": result["robust_accuracy"][attack][key],
@@ -135,6 +136,13 @@ def gap_cells(runs: Sequence[Dict], reference: Sequence[Dict], checkpoint: str, 
     if len(runs) < 2 or len(reference) < 2:
         return [f"{gap:+.1f}", "n/a (1 seed)"]
     return [f"{gap:+.1f}", f"{'yes' if abs(gap) > 100 * (std + ref_std) else 'no'} ({100 * (std + ref_std):.1f})"]
+
+
+def paired_gaps(runs: Sequence[Dict], reference: Sequence[Dict], checkpoint: str, key: str) -> str:
+    """The gap to `reference` seed by seed (same seed: same initialization and data order), in points."""
+    by_seed = {r["seed"]: r[checkpoint][key] for r in reference}
+    gaps = [100 * (r[checkpoint][key] - by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
+    return ", ".join(f"{g:+.1f}" for g in gaps) or "-"
 
 
 def fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -165,7 +173,7 @@ def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFER
     ref_label = LABELS[reference]
     header = ["method", "SA (last)", "RA-PGD (last)", "SA (ES)", "RA-PGD (ES)", f"ΔRA (last) vs {ref_label}",
               "> seed spread?", f"ΔSA (last) vs {ref_label}", "> seed spread?", "held-out RA peak → last",
-              "collapse epochs", "GA lowest → last", "best epoch", "s/epoch", "seeds"]
+              "collapse epochs", "GA lowest → last", "best epoch", "s/epoch", "seeds", "ΔRA (last) per seed"]
     rows = {m: [summaries[n] for n in (f"{m}_eps{part.eps}_seed{s}" for s in part.seeds)
                 if n in summaries and "best" in summaries[n] and "last" in summaries[n]] for m in part.methods}
     tests = sorted({f"{r[c]['attack'].upper()} on {r[c]['num_examples']} test images" for runs in rows.values()
@@ -183,7 +191,8 @@ def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFER
             values += gap_cells(runs, rows.get(reference, []), "last", "SA")
         values += curve_cells(runs)
         values += [", ".join(str(r["best_epoch"]) for r in runs),
-                   fmt([r["seconds_per_epoch"] for r in runs], 1.0, 1), str(len(runs))]
+                   fmt([r["seconds_per_epoch"] for r in runs], 1.0, 1), str(len(runs)),
+                   "" if method == reference else paired_gaps(runs, rows.get(reference, []), "last", "RA")]
         lines.append(f"| {LABELS[method]} | " + " | ".join(values) + " |")
     return "\n".join(lines + [""])
 

@@ -183,6 +183,7 @@ def test_powered_table_gaps_against_fast_bat_and_the_seed_spread(tmp_path):
     assert rows["Fast-BAT"][5] == "(reference)"
     assert rows["Fast-AT"][9:12] == ["25.0 → 25.0", "none; none; none", "0.50 → 0.80"]
     assert rows["Fast-AT"][14] == "3"
+    assert rows["Fast-AT"][15] == "-10.0, -11.0, -12.0" and rows["N-FGSM"][15] == "+1.0, +1.0, -5.0"
 
 
 def test_collapse_epochs_and_the_figure_draw_the_logged_curves(tmp_path):
