@@ -9,6 +9,7 @@ Scale: the shared CIFAR-10 slice (5,085 training images, 508 held out; 1,017 tes
 
     .venv/bin/python -m benchmarks.powered_grid --part=eps16 > runs/powered_eps16.log 2>&1 &
     .venv/bin/python -m benchmarks.powered_grid --part=eps8 > runs/powered_eps8.log 2>&1 &
+    .venv/bin/python -m benchmarks.powered_grid --stage=autoattack --only=...  # AutoAttack on 200 test images
     .venv/bin/python -m benchmarks.powered_grid --stage=report                 # tables and figures so far
     .venv/bin/python -m benchmarks.powered_grid --only=fast_at_eps16_seed0     # one cell
 
@@ -116,6 +117,12 @@ def summary(cell: PoweredCell, output_dir: str) -> Optional[Dict]:
         attack = next(a for a in sorted(result["robust_accuracy"]) if a.startswith("pgd-"))
         out[name] = {"SA": result["clean_accuracy"], "RA": result["robust_accuracy"][attack][key],
                      "attack": attack, "num_examples": result["num_examples"]}
+    extra = read_json(os.path.join(workdir, "extra_eval.json"), {}) or {}
+    for name, entry in extra.items():
+        if name in out and "autoattack" in entry:
+            out[name]["AA"] = entry["autoattack"]["robust_accuracy"]
+            out[name]["PGD_on_AA"] = entry.get("pgd_50_10_on_aa_subset")
+            out[name]["AA_examples"] = entry["autoattack"]["num_examples"]
     log = reproduce.training_log(workdir)
     out["val_robust"] = [row.get("val_robust_accuracy", math.nan) for row in log]
     out["alignment"] = [row.get("gradient_alignment", math.nan) for row in log]
@@ -143,6 +150,17 @@ def paired_gaps(runs: Sequence[Dict], reference: Sequence[Dict], checkpoint: str
     by_seed = {r["seed"]: r[checkpoint][key] for r in reference}
     gaps = [100 * (r[checkpoint][key] - by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
     return ", ".join(f"{g:+.1f}" for g in gaps) or "-"
+
+
+def autoattack_cell(runs: Sequence[Dict], checkpoint: str) -> str:
+    """AutoAttack RA on its first-n test images, PGD-50-10 on the same images in brackets; the seeds that have it."""
+    measured = [r[checkpoint] for r in runs if "AA" in r[checkpoint]]
+    if not measured:
+        return "-"
+    sizes = sorted({m["AA_examples"] for m in measured})
+    seeds = "" if len(measured) == len(runs) else f", {len(measured)} of {len(runs)} seeds"
+    return (f"{fmt([m['AA'] for m in measured])} [{fmt([m['PGD_on_AA'] for m in measured])}] "
+            f"(n = {', '.join(map(str, sizes))}{seeds})")
 
 
 def fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -173,7 +191,8 @@ def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFER
     ref_label = LABELS[reference]
     header = ["method", "SA (last)", "RA-PGD (last)", "SA (ES)", "RA-PGD (ES)", f"ΔRA (last) vs {ref_label}",
               "> seed spread?", f"ΔSA (last) vs {ref_label}", "> seed spread?", "held-out RA peak → last",
-              "collapse epochs", "GA lowest → last", "best epoch", "s/epoch", "seeds", "ΔRA (last) per seed"]
+              "collapse epochs", "GA lowest → last", "best epoch", "s/epoch", "seeds", "ΔRA (last) per seed",
+              "RA-AA (last) [PGD-50-10, same images]"]
     rows = {m: [summaries[n] for n in (f"{m}_eps{part.eps}_seed{s}" for s in part.seeds)
                 if n in summaries and "best" in summaries[n] and "last" in summaries[n]] for m in part.methods}
     tests = sorted({f"{r[c]['attack'].upper()} on {r[c]['num_examples']} test images" for runs in rows.values()
@@ -192,7 +211,8 @@ def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFER
         values += curve_cells(runs)
         values += [", ".join(str(r["best_epoch"]) for r in runs),
                    fmt([r["seconds_per_epoch"] for r in runs], 1.0, 1), str(len(runs)),
-                   "" if method == reference else paired_gaps(runs, rows.get(reference, []), "last", "RA")]
+                   "" if method == reference else paired_gaps(runs, rows.get(reference, []), "last", "RA"),
+                   autoattack_cell(runs, "last")]
         lines.append(f"| {LABELS[method]} | " + " | ".join(values) + " |")
     return "\n".join(lines + [""])
 
@@ -254,7 +274,10 @@ def report(cells: Sequence[PoweredCell], output_dir: str, parts: Sequence[Part],
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", default="all", choices=[*PARTS, "all"], help="Which part to train and report.")
-    parser.add_argument("--stage", default="all", choices=["train", "report", "all"])
+    parser.add_argument("--stage", default="all", choices=["train", "autoattack", "report", "all"],
+                        help="all: train, then report; autoattack (never part of all): AutoAttack and PGD-50-10 on "
+                        "the first --aa_examples test images of each trained cell's last model.")
+    parser.add_argument("--aa_examples", type=int, default=200, help="Test images of the autoattack stage.")
     parser.add_argument("--only", default="", help="Comma-separated cell names (e.g. fast_at_eps16_seed0).")
     parser.add_argument("--epochs", type=int, default=None, help="Override every part's epochs (quick checks; use "
                         "another --output_dir, since a cell's epochs are part of it).")
@@ -272,6 +295,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.cells = [c for c in args.cells if c.name in args.only]
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be positive")
+    if args.aa_examples < 1:
+        parser.error("--aa_examples must be positive")
     return args
 
 
@@ -283,6 +308,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.stage in ("train", "all"):
         reproduce.train(known_cells(args.cells, method_names()), args.output_dir, None)
         print(f"[powered] trained; {time.perf_counter() - start:.0f} s", flush=True)
+    if args.stage == "autoattack":  # resumable: a checkpoint's finished measurement is kept and skipped
+        evaluate = reproduce.Evaluator(args.aa_examples, sweep_examples=1)  # no sweep: powered cells have extras
+        for cell in args.cells:
+            evaluate(cell, args.output_dir, checkpoints=("last",))
+        print(f"[powered] AutoAttack done; {time.perf_counter() - start:.0f} s", flush=True)
     if args.stage in ("report", "all"):
         print(report(args.cells, args.output_dir, args.parts, args.results_dir, args.figures_dir))
 

@@ -170,6 +170,10 @@ def test_powered_table_gaps_against_fast_bat_and_the_seed_spread(tmp_path):
     for cell in cells:
         fake_powered_cell(cell.workdir(str(tmp_path)), 8, sa[cell.method][cell.seed], ra[cell.method][cell.seed],
                           [0.1, 0.2, 0.25], [0.5, 0.9, 0.8])
+    for seed, (aa, pgd) in enumerate(((0.18, 0.19), (0.20, 0.21))):  # AutoAttack on two of Fast-AT's seeds
+        with open(os.path.join(str(tmp_path), f"fast_at_eps8_seed{seed}", "extra_eval.json"), "w") as out:
+            json.dump({"last": {"autoattack": {"robust_accuracy": aa, "num_examples": 200},
+                                "pgd_50_10_on_aa_subset": pgd}}, out)
     summaries = {c.name: powered_grid.summary(c, str(tmp_path)) for c in cells}
     rows = {line.split("|")[1].strip(): [v.strip() for v in line.strip("|").split("|")]
             for line in powered_grid.powered_table(summaries, part).splitlines() if line.startswith("| ") and
@@ -184,6 +188,7 @@ def test_powered_table_gaps_against_fast_bat_and_the_seed_spread(tmp_path):
     assert rows["Fast-AT"][9:12] == ["25.0 → 25.0", "none; none; none", "0.50 → 0.80"]
     assert rows["Fast-AT"][14] == "3"
     assert rows["Fast-AT"][15] == "-10.0, -11.0, -12.0" and rows["N-FGSM"][15] == "+1.0, +1.0, -5.0"
+    assert rows["Fast-AT"][16] == "19.0 ± 1.4 [20.0 ± 1.4] (n = 200, 2 of 3 seeds)" and rows["N-FGSM"][16] == "-"
 
 
 def test_collapse_epochs_and_the_figure_draw_the_logged_curves(tmp_path):
