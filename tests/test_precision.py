@@ -161,10 +161,10 @@ def test_fast_at_ga_under_float16_with_loss_scaling_stays_finite_and_close(regim
 def train_weights(method_name, optimizer_factory, policy="float32", jit_compile=False, steps=2):
     """Weights after `steps` AdversarialTrainer steps on a fixed batch (the real compiled train step)."""
     classifier = tiny_classifier(policy)
-    trainer = trainer_module.assemble(classifier, methods.build(method_name, eps=EPS), optimizer_factory(), seed=3,
-                                      jit_compile=jit_compile)
-    assert trainer.jit_compile is jit_compile  # Keras silently drops XLA in some set-ups (op determinism)
     x, y, _ = batch(seed=5)
+    trainer = trainer_module.assemble(classifier, methods.build(method_name, eps=EPS), optimizer_factory(), seed=3,
+                                      jit_compile=jit_compile, num_examples=len(x), steps_per_epoch=steps)
+    assert trainer.jit_compile is jit_compile  # Keras silently drops XLA in some set-ups (op determinism)
     initial = flat(classifier.trainable_variables)
     for _ in range(steps):
         trainer.train_on_batch(x, y)
@@ -175,7 +175,8 @@ def sgd():
     return optim.CoupledSGD(0.05, momentum=0.9, l2=5e-4)
 
 
-@pytest.mark.parametrize("name", ["fast_bat", "fast_at_ga", "fast_at", "pgd", "n_fgsm", "standard"])
+@pytest.mark.parametrize("name", ["fast_bat", "fast_at_ga", "fast_at", "pgd", "n_fgsm", "standard", "nu_at",
+                                  "elle_a", "liet"])
 def test_loss_scale_optimizer_divides_out_exactly_the_scale_the_train_step_applies(name):
     """Float32 weights, LossScaleOptimizer(2^15) vs the plain optimizer: the same weights after two steps."""
     initial, plain, _ = train_weights(name, sgd)
