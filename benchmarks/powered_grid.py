@@ -223,17 +223,19 @@ def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
 
     from tf_fastbat.plots import save_figure
 
-    figure = Figure(figsize=(11, 4))
+    figure = Figure(figsize=(12, 4.5))
     robust_axis, alignment_axis = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    for method in part.methods:
-        for seed in part.seeds:
+    for number, method in enumerate(part.methods):
+        color = f"C{number % 10}"  # one colour per method, one line style per seed
+        for seed, style in zip(part.seeds, ("-", "--", ":", "-.") * len(part.seeds)):
             run = summaries.get(f"{method}_eps{part.eps}_seed{seed}")
             if not run or not run["val_robust"]:
                 continue
             label = LABELS[method] + (f" (seed {seed})" if len(part.seeds) > 1 else "")
             epochs = list(range(1, len(run["val_robust"]) + 1))
-            line, = robust_axis.plot(epochs, [100 * v for v in run["val_robust"]], marker="o", ms=3, label=label)
-            alignment_axis.plot(epochs, run["alignment"], marker="o", ms=3, color=line.get_color(), label=label)
+            line, = robust_axis.plot(epochs, [100 * v for v in run["val_robust"]], marker="o", ms=3, color=color,
+                                     ls=style, label=label)
+            alignment_axis.plot(epochs, run["alignment"], marker="o", ms=3, color=color, ls=style, label=label)
             if run["collapse"]:
                 robust_axis.plot(run["collapse"], [100 * run["val_robust"][e - 1] for e in run["collapse"]], ls="none",
                                  marker="X", ms=10, color=line.get_color(), label=f"{label}: collapse")
