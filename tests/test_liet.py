@@ -127,7 +127,7 @@ def test_consecutive_steps_equal_the_official_loop(eps_255, real_batch):
     x, y = real_batch
     lam *= 5  # weights the consistency term well above the tolerance in the tiny model's gradient (checked)
     method = methods.build("liet", eps=eps, consistency_weight=lam, li_update=2, ramp_epochs=2.0, seed=SEED)
-    assert method.settings()[1:3] == (ls, mask_range)
+    assert (method.settings().random_smoothing, method.settings().mask_ratio) == (ls, mask_range)
     variables = state.create(method.state_spec(0, (32, 32, 3), CLASSES))
     official_model, model = tiny_model(), tiny_model()
     step = tf.function(method.step)
@@ -176,7 +176,7 @@ def test_start_mixes_noise_and_li_at_the_drawn_ratio_and_large_eps_is_not_projec
     li = tf.constant(np.stack([np.full((8, 8, 3), v, np.float32) for v in (-1.0, 2.0, 3.0)]))
     for eps_255, step in ((8, 0), (16, 1)):
         method = methods.build("liet", eps=eps_255 / 255, seed=SEED)
-        _, _, (low, high), _ = method.settings()
+        low, high = method.settings().mask_ratio
         scalars = draws(step, (64, 8, 8, 3))["scalars"]
         ratio = scalars[0] * (high - low) + low
         noise = tf.fill(x.shape, 100.0)  # marks noise coordinates

@@ -17,7 +17,7 @@ CE_s's target: (1 - s) on the true class and s u_k / sum_k u_k on the others, u 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
@@ -68,6 +68,14 @@ def jensen_shannon(start_logits: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return (kl_batchmean(log_m, p) + kl_batchmean(log_m, q)) / 2.0
 
 
+class Settings(NamedTuple):
+    """LIET's hyperparameters with the official defaults filled in."""
+    consistency_weight: float  # lambda
+    random_smoothing: float  # s
+    mask_ratio: Tuple[float, float]  # (r_min, r_max)
+    li_update: int
+
+
 @dataclasses.dataclass(frozen=True)
 class LIET(Method):
     # None: the official configs.yaml at CIFAR-10 (cifar10 for eps <= 8/255, cifar10-eps16 above)
@@ -80,13 +88,13 @@ class LIET(Method):
 
     name = "liet"
 
-    def settings(self) -> Tuple[float, float, Tuple[float, float], int]:
-        """(lambda, s, (r_min, r_max), li_update) with the official defaults filled in."""
+    def settings(self) -> Settings:
         large = is_large_eps(self.eps)
-        return (self.consistency_weight if self.consistency_weight is not None else 20.0 if large else 100.0,
-                self.random_smoothing if self.random_smoothing is not None else 0.4 if large else 0.6,
-                tuple(self.mask_ratio) if self.mask_ratio is not None else (0.0, 1.0) if large else (0.1, 0.5),
-                self.li_update if self.li_update is not None else 10 if large else 20)
+        return Settings(
+            self.consistency_weight if self.consistency_weight is not None else 20.0 if large else 100.0,
+            self.random_smoothing if self.random_smoothing is not None else 0.4 if large else 0.6,
+            tuple(self.mask_ratio) if self.mask_ratio is not None else (0.0, 1.0) if large else (0.1, 0.5),
+            self.li_update if self.li_update is not None else 10 if large else 20)
 
     def __post_init__(self):
         lam, smoothing, (low, high), li_update = self.settings()
@@ -96,9 +104,8 @@ class LIET(Method):
                              f"consistency_weight={lam}")
 
     def hparams(self) -> dict:
-        lam, smoothing, ratio, li_update = self.settings()
-        return {**super().hparams(), "consistency_weight": lam, "random_smoothing": smoothing,
-                "mask_ratio": list(ratio), "li_update": li_update}
+        settings = self.settings()._asdict()
+        return {**super().hparams(), **settings, "mask_ratio": list(settings["mask_ratio"])}
 
     def state_spec(self, num_examples, input_shape, num_classes=None):
         if num_classes is None:
@@ -107,7 +114,7 @@ class LIET(Method):
 
     def consistency_lambda(self, epoch_index: tf.Tensor) -> tf.Tensor:
         """lambda_e = (e + 1) lambda / E in 0-based epoch e (capped at lambda)."""
-        lam = self.settings()[0]
+        lam = self.settings().consistency_weight
         epochs_done = tf.minimum(tf.cast(epoch_index, tf.float64) + 1.0, float(self.ramp_epochs))
         return tf.cast(epochs_done * (lam / float(self.ramp_epochs)), tf.float32)
 
@@ -118,7 +125,7 @@ class LIET(Method):
         num_classes = int(shape[0])
         gray = tf.fill(shape, tf.constant(GRAY, tf.float32))
         u = tf.random.stateless_uniform([num_classes, num_classes], seed=draw_seed(self.seed, step, SALT_LI))
-        targets = random_smoothing_targets(tf.range(num_classes), num_classes, self.settings()[1], u)
+        targets = random_smoothing_targets(tf.range(num_classes), num_classes, self.settings().random_smoothing, u)
         with tf.GradientTape() as tape:
             tape.watch(gray)
             loss = scaled(tf.reduce_sum(smoothed_ce(model(gray, training=False), targets)), loss_scale)
@@ -126,7 +133,7 @@ class LIET(Method):
 
     def start(self, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor, li: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
         """x0: the label-indicative start of each example, partly replaced by noise, added or subtracted."""
-        _, _, (low, high), _ = self.settings()
+        low, high = self.settings().mask_ratio
         scalars = tf.random.stateless_uniform([2], seed=draw_seed(self.seed, step, SALT_SCALARS))
         ratio = scalars[0] * (high - low) + low
         mask = global_batch.uniform(draw_seed(self.seed, step, SALT_MASK), tf.shape(x), 0.0, 1.0) < ratio
@@ -143,14 +150,14 @@ class LIET(Method):
         """CE_s targets for this replica's rows of one global-batch draw."""
         shape = tf.stack([tf.shape(y)[0], num_classes])
         u = global_batch.uniform(draw_seed(self.seed, step, salt), shape, 0.0, 1.0)
-        return random_smoothing_targets(y, num_classes, self.settings()[1], u)
+        return random_smoothing_targets(y, num_classes, self.settings().random_smoothing, u)
 
     def step(self, model, x, y, noise, loss_scale=None, context: Optional[StepContext] = None):
         if context is None or context.epoch_step is None or tf.get_static_value(context.epoch_index) == -1:
             raise ValueError("liet needs the trainer's step context with the epoch (assemble with steps_per_epoch): "
                              "its perturbations and lambda follow the epoch")
         variable = context.state["label_indicative"]
-        num_classes, li_update = int(variable.shape[0]), self.settings()[3]
+        num_classes, li_update = int(variable.shape[0]), self.settings().li_update
         li = tf.cond(tf.equal(tf.math.floormod(context.epoch_step, li_update), 0),
                      lambda: self.label_indicative(model, context.step, variable.shape.as_list(), loss_scale),
                      lambda: tf.identity(variable.read_value()))
