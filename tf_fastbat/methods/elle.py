@@ -41,12 +41,6 @@ def default_constant_lambda(eps: float) -> float:
     return 1000.0 if eps_255 <= 8 + 1e-6 else 5000.0 if eps_255 <= 20 + 1e-6 else 10000.0
 
 
-def triplet_seed(seed: int, step: tf.Tensor, salt: int) -> tf.Tensor:
-    """The stateless seed of one of the triplet draws at `step`."""
-    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
-    return tf.random.experimental.stateless_fold_in(base, salt)
-
-
 def linearity_error(per_example_losses: tf.Tensor, alpha: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
     """Per-example (l_c - (1 - alpha) l_a - alpha l_b)^2 from the losses of [x_a; x_b; x_c]."""
     l_a, l_b, l_c = per_example_losses[:batch], per_example_losses[batch:2 * batch], per_example_losses[2 * batch:]
@@ -103,9 +97,9 @@ class ElleA(Method):
     def triplets(self, x: tf.Tensor, step: tf.Tensor):
         """(x_a, x_b, alpha [B, 1, 1, 1]): this replica's slice of the step's global-batch draws."""
         shape = tf.shape(x)
-        x_a = x + global_batch.uniform(triplet_seed(self.seed, step, SALT_A), shape, -self.eps, self.eps)
-        x_b = x + global_batch.uniform(triplet_seed(self.seed, step, SALT_B), shape, -self.eps, self.eps)
-        alpha = global_batch.uniform(triplet_seed(self.seed, step, SALT_ALPHA), shape[:1], 0.0, 1.0)
+        x_a = x + global_batch.uniform(global_batch.step_seed(self.seed, step, SALT_A), shape, -self.eps, self.eps)
+        x_b = x + global_batch.uniform(global_batch.step_seed(self.seed, step, SALT_B), shape, -self.eps, self.eps)
+        alpha = global_batch.uniform(global_batch.step_seed(self.seed, step, SALT_ALPHA), shape[:1], 0.0, 1.0)
         return x_a, x_b, tf.reshape(alpha, [-1, 1, 1, 1])
 
     def step(self, model, x, y, noise, loss_scale=None, context=None):

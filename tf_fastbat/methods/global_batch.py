@@ -39,6 +39,12 @@ def gather(tensor: tf.Tensor) -> tf.Tensor:
     return tensor if context is None else context.all_gather(tensor, axis=0)
 
 
+def step_seed(seed: int, step: tf.Tensor, salt: int) -> tf.Tensor:
+    """The stateless seed [2] of a method's own draw `salt` at `step`, apart from the trainer's (seed, step) noise."""
+    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, salt)
+
+
 def uniform(seed: tf.Tensor, local_shape: tf.Tensor, minval: float, maxval: float) -> tf.Tensor:
     """This replica's slice of one U[minval, maxval) draw over the global batch from the stateless `seed` [2].
 

@@ -35,12 +35,6 @@ def is_large_eps(eps: float) -> bool:
     return eps * 255.0 > 8.0 + 1e-6
 
 
-def draw_seed(seed: int, step: tf.Tensor, salt: int) -> tf.Tensor:
-    """The stateless seed of one of the step's draws."""
-    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
-    return tf.random.experimental.stateless_fold_in(base, salt)
-
-
 def random_smoothing_targets(y: tf.Tensor, num_classes: int, smoothing: float, u: tf.Tensor) -> tf.Tensor:
     """The official CustomCrossEntropyLoss target from the U[0, 1) draw u [B, K], in its order of operations."""
     one_hot = tf.one_hot(tf.cast(y, tf.int32), num_classes, dtype=tf.float32)
@@ -124,7 +118,8 @@ class LIET(Method):
         result on every replica)."""
         num_classes = int(shape[0])
         gray = tf.fill(shape, tf.constant(GRAY, tf.float32))
-        u = tf.random.stateless_uniform([num_classes, num_classes], seed=draw_seed(self.seed, step, SALT_LI))
+        seed = global_batch.step_seed(self.seed, step, SALT_LI)
+        u = tf.random.stateless_uniform([num_classes, num_classes], seed=seed)
         targets = random_smoothing_targets(tf.range(num_classes), num_classes, self.settings().random_smoothing, u)
         with tf.GradientTape() as tape:
             tape.watch(gray)
@@ -134,9 +129,9 @@ class LIET(Method):
     def start(self, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor, li: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
         """x0: the label-indicative start of each example, partly replaced by noise, added or subtracted."""
         low, high = self.settings().mask_ratio
-        scalars = tf.random.stateless_uniform([2], seed=draw_seed(self.seed, step, SALT_SCALARS))
+        scalars = tf.random.stateless_uniform([2], seed=global_batch.step_seed(self.seed, step, SALT_SCALARS))
         ratio = scalars[0] * (high - low) + low
-        mask = global_batch.uniform(draw_seed(self.seed, step, SALT_MASK), tf.shape(x), 0.0, 1.0) < ratio
+        mask = global_batch.uniform(global_batch.step_seed(self.seed, step, SALT_MASK), tf.shape(x), 0.0, 1.0) < ratio
         wide_noise = noise * (2.0 if is_large_eps(self.eps) else 1.0)  # noise is U[-eps, eps]
         delta = tf.where(mask, wide_noise, tf.gather(li, tf.cast(y, tf.int32)))
         return tf.clip_by_value(tf.where(scalars[1] < 0.5, x - delta, x + delta), 0.0, 1.0)
@@ -149,7 +144,7 @@ class LIET(Method):
     def targets(self, y: tf.Tensor, num_classes: int, step: tf.Tensor, salt: int) -> tf.Tensor:
         """CE_s targets for this replica's rows of one global-batch draw."""
         shape = tf.stack([tf.shape(y)[0], num_classes])
-        u = global_batch.uniform(draw_seed(self.seed, step, salt), shape, 0.0, 1.0)
+        u = global_batch.uniform(global_batch.step_seed(self.seed, step, salt), shape, 0.0, 1.0)
         return random_smoothing_targets(y, num_classes, self.settings().random_smoothing, u)
 
     def step(self, model, x, y, noise, loss_scale=None, context: Optional[StepContext] = None):
