@@ -36,30 +36,50 @@ COLLAPSE_MIN_PEAK = 0.05  # ... once that best is at least 5% (not a fluctuation
 
 
 class Part(NamedTuple):
-    """One part of the grid: a training eps (1/255), its methods and seeds, and the epochs sized for ~2 h."""
+    """One part of the grid: a training eps (1/255), its methods and seeds, the epochs sized for its budget, the
+    flagfile every cell starts from, and a prefix that keeps its cell names apart from other parts'."""
     eps: int
     methods: Sequence[str]
     seeds: Sequence[int]
     epochs: int
+    flagfile: str = FLAGFILE
+    prefix: str = ""
+
+    def cell_name(self, method: str, seed: int) -> str:
+        return f"{self.prefix}{method}_eps{self.eps}_seed{seed}"
 
 
+FULL_FLAGFILE = os.path.join("flags", "reproduce", "full_cifar10.cfg")
+FULL_METHODS = ("fast_at", "fast_bat", "fast_at_ga", "n_fgsm")
 PARTS = {
     "eps16": Part(16, ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "nu_at", "elle_a", "liet"), (0,), 15),
     "eps8": Part(8, ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "liet"), (0, 1, 2), 8),
+    # The full CIFAR-10 (issue 20): the paper's Table 1 methods at width 0.25 for 10 epochs, one seed (BUILD_NOTES,
+    # "Full CIFAR-10 grid"). Fast-AT at 16/255 first (the catastrophic-overfitting question), then the Fast-BAT
+    # model that ships as pretrained:cifar10_fast_bat_eps8.
+    "full_eps16": Part(16, FULL_METHODS, (0,), 10, FULL_FLAGFILE, "full_"),
+    "full_eps8": Part(8, ("fast_bat", "fast_at", "fast_at_ga", "n_fgsm"), (0,), 10, FULL_FLAGFILE, "full_"),
 }
+GROUPS = {"all": ("eps16", "eps8"), "full": ("full_eps16", "full_eps8")}  # --part=all: the small-data grid
+FULL_STEM = "full_cifar10"  # the full grid's results file stem and default output folder (runs/full_cifar10)
 
 
 class PoweredCell(reproduce.Cell):
-    """A grid cell trained from flags/reproduce/powered.cfg; its epochs are part of the cell (its extra flags)."""
+    """A grid cell trained from its part's flagfile; its epochs are part of the cell (its extra flags)."""
+
+    def __init__(self, name: str, method: str, eps: int, seed: int, extra: Optional[Dict] = None,
+                 flagfile: str = FLAGFILE):
+        super().__init__(name, method, eps, seed, extra)
+        self.flagfile = flagfile
 
     def command(self, output_dir: str, epochs: Optional[int]) -> List[str]:
         base = f"--flagfile={reproduce.BASE_FLAGFILE}"
-        return [f"--flagfile={FLAGFILE}" if arg == base else arg for arg in super().command(output_dir, epochs)]
+        return [f"--flagfile={self.flagfile}" if arg == base else arg for arg in super().command(output_dir, epochs)]
 
 
 def part_cells(part: Part, epochs: Optional[int] = None) -> List[PoweredCell]:
     """The part's cells, seed-major like reproduce.grid_cells; `epochs` overrides the part's (quick checks)."""
-    return [PoweredCell(f"{m}_eps{part.eps}_seed{s}", m, part.eps, s, {"epochs": epochs or part.epochs})
+    return [PoweredCell(part.cell_name(m, s), m, part.eps, s, {"epochs": epochs or part.epochs}, part.flagfile)
             for s in part.seeds for m in part.methods]
 
 
@@ -193,7 +213,7 @@ def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFER
               "> seed spread?", f"ΔSA (last) vs {ref_label}", "> seed spread?", "held-out RA peak → last",
               "collapse epochs", "GA lowest → last", "best epoch", "s/epoch", "seeds", "ΔRA (last) per seed",
               "RA-AA (last) [PGD-50-10, same images]"]
-    rows = {m: [summaries[n] for n in (f"{m}_eps{part.eps}_seed{s}" for s in part.seeds)
+    rows = {m: [summaries[n] for n in (part.cell_name(m, s) for s in part.seeds)
                 if n in summaries and "best" in summaries[n] and "last" in summaries[n]] for m in part.methods}
     tests = sorted({f"{r[c]['attack'].upper()} on {r[c]['num_examples']} test images" for runs in rows.values()
                     for r in runs for c in ("best", "last")})
@@ -228,7 +248,7 @@ def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
     for number, method in enumerate(part.methods):
         color = f"C{number % 10}"  # one colour per method, one line style per seed
         for seed, style in zip(part.seeds, ("-", "--", ":", "-.") * len(part.seeds)):
-            run = summaries.get(f"{method}_eps{part.eps}_seed{seed}")
+            run = summaries.get(part.cell_name(method, seed))
             if not run or not run["val_robust"]:
                 continue
             label = LABELS[method] + (f" (seed {seed})" if len(part.seeds) > 1 else "")
@@ -253,19 +273,20 @@ def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
 
 
 def report(cells: Sequence[PoweredCell], output_dir: str, parts: Sequence[Part], results_dir: str,
-           figures_dir: str) -> str:
-    """Tables to <results_dir>/powered.{md,json}, one figure per part to <figures_dir>/powered_co_eps<E>.png."""
+           figures_dir: str, stem: str = "powered") -> str:
+    """Tables to <results_dir>/<stem>.{md,json}, one figure per part to <figures_dir>/<stem>_co_<prefix>eps<E>.png."""
     import json
 
     summaries = {c.name: s for c in cells if (s := summary(c, output_dir)) is not None}
-    text = "\n".join(["## Powered grid", ""] + [powered_table(summaries, part) for part in parts])
+    title = "Full CIFAR-10 grid" if stem == FULL_STEM else "Powered grid"
+    text = "\n".join([f"## {title}", ""] + [powered_table(summaries, part) for part in parts])
     os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, "powered.md"), "w") as out:
+    with open(os.path.join(results_dir, f"{stem}.md"), "w") as out:
         out.write(text)
-    with open(os.path.join(results_dir, "powered.json"), "w") as out:
+    with open(os.path.join(results_dir, f"{stem}.json"), "w") as out:
         json.dump(summaries, out, indent=1)
     for part in parts:
-        path = os.path.join(figures_dir, f"powered_co_eps{part.eps}.png")
+        path = os.path.join(figures_dir, f"powered_co_{part.prefix}eps{part.eps}.png")
         overfitting_figure(summaries, part, path)
         print(f"[powered] wrote {path}", flush=True)
     return text
@@ -275,7 +296,8 @@ def report(cells: Sequence[PoweredCell], output_dir: str, parts: Sequence[Part],
 
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", default="all", choices=[*PARTS, "all"], help="Which part to train and report.")
+    parser.add_argument("--part", default="all", choices=[*PARTS, *GROUPS],
+                        help="Which part to train and report: all is the small-data grid, full the full CIFAR-10.")
     parser.add_argument("--stage", default="all", choices=["train", "autoattack", "report", "all"],
                         help="all: train, then report; autoattack (never part of all): AutoAttack and PGD-50-10 on "
                         "the first --aa_examples test images of each trained cell's last model.")
@@ -283,11 +305,17 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help="Comma-separated cell names (e.g. fast_at_eps16_seed0).")
     parser.add_argument("--epochs", type=int, default=None, help="Override every part's epochs (quick checks; use "
                         "another --output_dir, since a cell's epochs are part of it).")
-    parser.add_argument("--output_dir", default=os.path.join("runs", "powered"))
+    parser.add_argument("--output_dir", default=None, help="Default: runs/powered, or runs/full_cifar10 for the "
+                        "full parts.")
     parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--figures_dir", default="results")
     args = parser.parse_args(argv)
-    args.parts = list(PARTS.values()) if args.part == "all" else [PARTS[args.part]]
+    args.parts = [PARTS[name] for name in GROUPS.get(args.part, (args.part,))]
+    full = [part.prefix == "full_" for part in args.parts]
+    if any(full) and not all(full):
+        parser.error(f"--part={args.part}: mixes full and small-data parts")
+    args.stem = FULL_STEM if all(full) else "powered"
+    args.output_dir = args.output_dir or os.path.join("runs", args.stem)
     args.cells = [c for part in args.parts for c in part_cells(part, args.epochs)]
     args.only = [n for n in args.only.split(",") if n]
     unknown = sorted(set(args.only) - {c.name for c in args.cells})
@@ -316,7 +344,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             evaluate(cell, args.output_dir, checkpoints=("last",))
         print(f"[powered] AutoAttack done; {time.perf_counter() - start:.0f} s", flush=True)
     if args.stage in ("report", "all"):
-        print(report(args.cells, args.output_dir, args.parts, args.results_dir, args.figures_dir))
+        print(report(args.cells, args.output_dir, args.parts, args.results_dir, args.figures_dir, args.stem))
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ from benchmarks import powered_grid  # noqa: E402
 
 
 def test_powered_cells_parse_with_their_part_epochs_and_the_shared_slice():
-    cells = [c for part in powered_grid.PARTS.values() for c in powered_grid.part_cells(part)]
+    cells = [c for name in powered_grid.GROUPS["all"] for c in powered_grid.part_cells(powered_grid.PARTS[name])]
     assert [c.name for c in cells[:7]] == [f"{m}_eps16_seed0" for m in
                                            ("fast_at", "fast_bat", "n_fgsm", "fgsm_pgi", "nu_at", "elle_a", "liet")]
     assert sorted(c.name for c in cells[7:]) == sorted(f"{m}_eps8_seed{s}" for s in range(3) for m in
@@ -137,6 +137,26 @@ def test_powered_cells_parse_with_their_part_epochs_and_the_shared_slice():
         assert flags["width"] == 0.25 and (flags["eval_attack_step"], flags["eval_restarts"]) == (50, 2)
         assert flags["dataset"] == "npz:../shared/data/cifar10_subset.npz"
     assert (ROOT / ".." / "shared" / "data" / "cifar10_subset.npz").exists()  # the path, from the runner's cwd
+
+
+def test_full_cifar10_cells_parse_with_the_full_data_width_and_evaluation():
+    """--part=full: the Table 1 methods at 8 and 16/255 on the whole cifar10.npz, its own names, output and files."""
+    args = powered_grid.parse(["--part=full"])
+    assert args.output_dir == os.path.join("runs", "full_cifar10") and args.stem == "full_cifar10"
+    expected = {f"full_{m}_eps{e}_seed0" for m in ("fast_at", "fast_bat", "fast_at_ga", "n_fgsm") for e in (8, 16)}
+    assert {c.name for c in args.cells} == expected and len(args.cells) == 8
+    argv = [cell.command(args.output_dir, None)[3:] for cell in args.cells]
+    assert all(a[0] == "--flagfile=flags/reproduce/full_cifar10.cfg" for a in argv)
+    result = subprocess.run([sys.executable, "-c", CHECK, json.dumps(argv)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for cell, flags in zip(args.cells, json.loads(result.stdout.strip().splitlines()[-1])):
+        assert flags["hparams"]["eps"] == pytest.approx(cell.eps / 255.0) and flags["epochs"] == 10
+        assert flags["width"] == 0.25 and (flags["eval_attack_step"], flags["eval_restarts"]) == (20, 1)
+        assert flags["dataset"] == "npz:../shared/data/cifar10.npz"
+    assert (ROOT / ".." / "shared" / "data" / "cifar10.npz").exists()
+    with pytest.raises(SystemExit):  # the small-data cells are not in --part=full
+        powered_grid.parse(["--part=full", "--only=fast_at_eps16_seed0"])
 
 
 def test_powered_grid_skips_methods_missing_from_names_with_one_line_each(capsys):
