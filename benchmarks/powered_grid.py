@@ -61,6 +61,7 @@ PARTS = {
     "full_eps8": Part(8, ("fast_bat", "fast_at", "fast_at_ga", "n_fgsm"), (0,), 10, FULL_FLAGFILE, "full_"),
 }
 GROUPS = {"all": ("eps16", "eps8"), "full": ("full_eps16", "full_eps8")}  # --part=all: the small-data grid
+LOSSY_INDICES = os.path.join(os.pardir, "shared", "data", "cifar10_test_lossy_indices.txt")  # from the root
 FULL_STEM = "full_cifar10"  # the full grid's results file stem and default output folder (runs/full_cifar10)
 
 
@@ -103,6 +104,12 @@ def method_names() -> List[str]:
     return out.stdout.strip().splitlines()[-1].split(",")
 
 
+def lossy_test_indices(path: str = LOSSY_INDICES) -> List[int]:
+    """The test indices of cifar10.npz whose images are JPEG-decoded (shared/data/README.md), one per line."""
+    with open(path) as lines:
+        return [int(line) for line in lines if line.strip()]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading a cell: the test report (report.json) and the per-epoch curves (training_log.csv).
 
@@ -143,6 +150,12 @@ def summary(cell: PoweredCell, output_dir: str) -> Optional[Dict]:
             out[name]["AA"] = entry["autoattack"]["robust_accuracy"]
             out[name]["PGD_on_AA"] = entry.get("pgd_50_10_on_aa_subset")
             out[name]["AA_examples"] = entry["autoattack"]["num_examples"]
+        if name in out and "pgd_50_10" in entry:
+            out[name]["PGD50"] = entry["pgd_50_10"]["robust_accuracy"]
+            out[name]["PGD50_examples"] = entry["pgd_50_10"]["num_examples"]
+        if name in out and "clean" in entry:
+            out[name]["SA_kept"] = entry["clean"]["accuracy_without_excluded"]
+            out[name]["SA_kept_examples"] = entry["clean"]["num_examples_without_excluded"]
     log = reproduce.training_log(workdir)
     out["val_robust"] = [row.get("val_robust_accuracy", math.nan) for row in log]
     out["alignment"] = [row.get("gradient_alignment", math.nan) for row in log]
@@ -237,6 +250,46 @@ def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFER
     return "\n".join(lines + [""])
 
 
+# The paper's Table 1 (CIFAR-10, PreActResNet-18 at full width, 20 epochs, early stopping), only the figures restated
+# in this project's issue tracker (issue 20); the other cells are left to the paper (arXiv:2112.12376) rather than
+# risk miscopying them. (method, eps) -> {column: percent}.
+PAPER_TABLE1 = {
+    ("fast_bat", 8): {"PGD50": 48.74, "AA": 44.89},
+    ("fast_at", 8): {"PGD50": 45.47, "AA": 41.97},
+    ("fast_bat", 16): {"SA": 67.79, "PGD50": 26.15},
+    ("fast_at_ga", 16): {"SA": 58.57, "PGD50": 26.22},
+    ("fast_at", 16): {"SA": 46.02, "PGD50": 21.79},
+}
+
+
+def table1(summaries: Dict[str, Dict], parts: Sequence[Part], checkpoint: str) -> str:
+    """Table 1's columns for one checkpoint of every cell (seed 0), beside the paper's figures where restated."""
+    def percent(run: Dict, key: str) -> str:
+        value = run.get(key)
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    header = ["method", "ε", "SA", "SA without the 20 lossy", "RA-PGD-20", "RA-PGD-50-10", "RA-AA",
+              "PGD-50-10 on AA's images", "paper SA", "paper RA-PGD-50-10", "paper RA-AA", "best epoch", "s/epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for part in parts:
+        for method in part.methods:
+            run = summaries.get(part.cell_name(method, part.seeds[0]))
+            if not run or checkpoint not in run:
+                continue
+            at = run[checkpoint]
+            paper = PAPER_TABLE1.get((method, part.eps), {})
+            lines.append("| " + " | ".join([
+                LABELS[method], f"{part.eps}/255", percent(at, "SA"), percent(at, "SA_kept"), percent(at, "RA"),
+                percent(at, "PGD50"), percent(at, "AA"), percent(at, "PGD_on_AA"),
+                *(f"{paper[k]:.2f}" if k in paper else "" for k in ("SA", "PGD50", "AA")),
+                str(run["best_epoch"]), f"{run['seconds_per_epoch']:.0f}"]) + " |")
+    sizes = sorted({f"SA and PGD-20 on {r[checkpoint]['num_examples']}, PGD-50-10 on {r[checkpoint].get('PGD50_examples', '-')}"
+                    f", AutoAttack on {r[checkpoint].get('AA_examples', '-')} test images"
+                    for r in summaries.values() if checkpoint in r})
+    return "\n".join([f"**{'Early-stopped (best)' if checkpoint == 'best' else 'Last'} models** "
+                       f"({'; '.join(sizes) or 'no cell finished'})", "", *lines, ""])
+
+
 def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
     """Per epoch and method: held-out PGD-10-1 RA (%) and gradient alignment, collapsed epochs marked; the Figure."""
     from matplotlib.figure import Figure
@@ -279,7 +332,8 @@ def report(cells: Sequence[PoweredCell], output_dir: str, parts: Sequence[Part],
 
     summaries = {c.name: s for c in cells if (s := summary(c, output_dir)) is not None}
     title = "Full CIFAR-10 grid" if stem == FULL_STEM else "Powered grid"
-    text = "\n".join([f"## {title}", ""] + [powered_table(summaries, part) for part in parts])
+    tables = [table1(summaries, parts, c) for c in reproduce.CHECKPOINTS] if stem == FULL_STEM else []
+    text = "\n".join([f"## {title}", ""] + tables + [powered_table(summaries, part) for part in parts])
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, f"{stem}.md"), "w") as out:
         out.write(text)
@@ -301,7 +355,14 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--stage", default="all", choices=["train", "autoattack", "report", "all"],
                         help="all: train, then report; autoattack (never part of all): AutoAttack and PGD-50-10 on "
                         "the first --aa_examples test images of each trained cell's last model.")
-    parser.add_argument("--aa_examples", type=int, default=200, help="Test images of the autoattack stage.")
+    parser.add_argument("--aa_examples", type=int, default=None, help="Test images AutoAttack runs on in the "
+                        "autoattack stage (default: 200; 500 for --part=full).")
+    parser.add_argument("--pgd_examples", type=int, default=None, help="Test images PGD-50-10 runs on in the "
+                        "autoattack stage (default: AutoAttack's; 1,000 for --part=full).")
+    parser.add_argument("--checkpoints", default=None, help="Checkpoints the autoattack stage measures (default: "
+                        "last; best,last for --part=full).")
+    parser.add_argument("--train_flags", default="", help="Extra training flags for every cell, comma-separated "
+                        "(quick checks, e.g. --steps_per_epoch=2; use another --output_dir).")
     parser.add_argument("--only", default="", help="Comma-separated cell names (e.g. fast_at_eps16_seed0).")
     parser.add_argument("--epochs", type=int, default=None, help="Override every part's epochs (quick checks; use "
                         "another --output_dir, since a cell's epochs are part of it).")
@@ -316,7 +377,22 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f"--part={args.part}: mixes full and small-data parts")
     args.stem = FULL_STEM if all(full) else "powered"
     args.output_dir = args.output_dir or os.path.join("runs", args.stem)
+    full_defaults = {"aa_examples": 500, "pgd_examples": 1000, "checkpoints": "best,last"}
+    small_defaults = {"aa_examples": 200, "pgd_examples": None, "checkpoints": "last"}
+    for name, value in (full_defaults if args.stem == FULL_STEM else small_defaults).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.checkpoints = tuple(c for c in args.checkpoints.split(",") if c)
+    if set(args.checkpoints) - set(reproduce.CHECKPOINTS) or not args.checkpoints:
+        parser.error(f"--checkpoints: choose from {','.join(reproduce.CHECKPOINTS)}")
+    if args.pgd_examples is not None and args.pgd_examples < 1:
+        parser.error("--pgd_examples must be positive")
+    extra = [f for f in args.train_flags.split(",") if f]
+    if any(not f.startswith("--") or "=" not in f for f in extra):
+        parser.error(f"--train_flags={args.train_flags}: give --name=value pairs separated by commas")
     args.cells = [c for part in args.parts for c in part_cells(part, args.epochs)]
+    for cell in args.cells:
+        cell.extra.update(dict(f[2:].split("=", 1) for f in args.train_flags.split(",") if f))
     args.only = [n for n in args.only.split(",") if n]
     unknown = sorted(set(args.only) - {c.name for c in args.cells})
     if unknown:
@@ -339,9 +415,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         reproduce.train(known_cells(args.cells, method_names()), args.output_dir, None)
         print(f"[powered] trained; {time.perf_counter() - start:.0f} s", flush=True)
     if args.stage == "autoattack":  # resumable: a checkpoint's finished measurement is kept and skipped
-        evaluate = reproduce.Evaluator(args.aa_examples, sweep_examples=1)  # no sweep: powered cells have extras
+        excluded = lossy_test_indices() if args.stem == FULL_STEM else ()
+        evaluate = reproduce.Evaluator(args.aa_examples, sweep_examples=1,  # no sweep: powered cells have extras
+                                       pgd_examples=args.pgd_examples, excluded=excluded)
         for cell in args.cells:
-            evaluate(cell, args.output_dir, checkpoints=("last",))
+            evaluate(cell, args.output_dir, checkpoints=args.checkpoints)
         print(f"[powered] AutoAttack done; {time.perf_counter() - start:.0f} s", flush=True)
     if args.stage in ("report", "all"):
         print(report(args.cells, args.output_dir, args.parts, args.results_dir, args.figures_dir, args.stem))

@@ -135,8 +135,13 @@ class Evaluator:
     function) across checkpoints traces each attack once instead of once per checkpoint.
     """
 
-    def __init__(self, aa_examples: int, sweep_examples: int):
+    def __init__(self, aa_examples: int, sweep_examples: int, pgd_examples: Optional[int] = None,
+                 excluded: Sequence[int] = ()):
+        """AutoAttack on the first `aa_examples` test images; PGD-50-10 on the first `pgd_examples` (default: the
+        same images), its accuracy on AutoAttack's images kept apart; `excluded` test indices (e.g. the lossy ones
+        of cifar10.npz): the clean accuracy is also measured without them."""
         self.aa_examples, self.sweep_examples = aa_examples, sweep_examples
+        self.pgd_examples, self.excluded = pgd_examples, tuple(excluded)
         self._classifiers: Dict[Tuple, Tuple] = {}
         self._test_sets: Dict[str, Tuple] = {}
 
@@ -160,18 +165,34 @@ class Evaluator:
             self._classifiers[key][0].set_weights(loaded.get_weights())
         return self._classifiers[key][1]
 
-    @staticmethod
-    def _pgd_on_aa_subset(entry: Dict, logits_fn, x, y, cell: Cell, checkpoint: str) -> None:
-        """PGD-50-10 on AutoAttack's images, so that the two are compared on the same examples."""
+    def _pgd_on_aa_subset(self, entry: Dict, logits_fn, x, y, cell: Cell, checkpoint: str) -> None:
+        """PGD-50-10 on AutoAttack's images, so that the two are compared on the same examples (and, with
+        `pgd_examples`, on that many first test images, of which AutoAttack's are the first)."""
         import numpy as np
 
         from tf_fastbat.attacks.pgd import PGDAttack
 
         n = entry["autoattack"]["num_examples"]
+        total = max(n, self.pgd_examples or n)
         pgd = PGDAttack(50, 10, seed=cell.seed)
-        title = f"{cell.name} {checkpoint}: PGD-50-10 at eps {cell.eps}/255 on AutoAttack's {n} images"
-        outcome = measure(title, pgd, logits_fn, x[:n], y[:n], cell.eps / 255.0)
-        entry["pgd_50_10_on_aa_subset"] = float(np.mean(outcome.robust))
+        title = f"{cell.name} {checkpoint}: PGD-50-10 at eps {cell.eps}/255 on the first {total} images"
+        robust = measure(title, pgd, logits_fn, x[:total], y[:total], cell.eps / 255.0).robust
+        entry["pgd_50_10_on_aa_subset"] = float(np.mean(robust[:n]))
+        if self.pgd_examples:
+            entry["pgd_50_10"] = {"robust_accuracy": float(np.mean(robust)), "num_examples": int(total)}
+
+    def _clean_without(self, entry: Dict, logits_fn, x, y) -> None:
+        """Clean accuracy on every test image and on those not in `excluded`."""
+        import numpy as np
+
+        from tf_fastbat.evaluation import predictions
+
+        correct = predictions(logits_fn, x) == y
+        keep = np.ones(len(y), bool)
+        keep[[i for i in self.excluded if i < len(y)]] = False
+        entry["clean"] = {"accuracy": float(np.mean(correct)), "num_examples": int(len(y)),
+                          "accuracy_without_excluded": float(np.mean(correct[keep])),
+                          "num_examples_without_excluded": int(keep.sum())}
 
     def __call__(self, cell: Cell, output_dir: str, checkpoints: Sequence[str] = CHECKPOINTS) -> None:
         """Fills <workdir>/extra_eval.json for `checkpoints` (atomically, one checkpoint at a time)."""
@@ -197,8 +218,10 @@ class Evaluator:
             entry = extra.setdefault(checkpoint, {})
             want_aa = bool(self.aa_examples) and "autoattack" not in entry
             want_sweep = cell.method in SWEEP_METHODS and not cell.extra and "pgd_20_1_sweep" not in entry
-            want_subset = "autoattack" in entry and "pgd_50_10_on_aa_subset" not in entry
-            if not (want_aa or want_sweep or want_subset):
+            want_subset = "autoattack" in entry and ("pgd_50_10_on_aa_subset" not in entry or (
+                bool(self.pgd_examples) and "pgd_50_10" not in entry))
+            want_clean = bool(self.excluded) and "clean" not in entry
+            if not (want_aa or want_sweep or want_subset or want_clean):
                 continue  # what this run measures is there already (a partial entry is completed, not redone)
             logits_fn = self._logits_fn(config, os.path.join(workdir, "checkpoints", f"{checkpoint}.keras"))
             start = time.perf_counter()
@@ -209,6 +232,8 @@ class Evaluator:
                 entry["autoattack"] = {"robust_accuracy": aa["robust_accuracy"],
                                        "clean_accuracy": aa["clean_accuracy"], "num_examples": n,
                                        "seconds": time.perf_counter() - start}
+            if want_clean:
+                self._clean_without(entry, logits_fn, x, y)
             if want_aa or want_subset:
                 self._pgd_on_aa_subset(entry, logits_fn, x, y, cell, checkpoint)
             if want_sweep:
