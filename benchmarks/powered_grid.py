@@ -1,7 +1,9 @@
-"""A CPU-scale grid with the power to tell methods apart (issue 12), on benchmarks/reproduce.py's cells and runner.
+"""CPU-scale grids on benchmarks/reproduce.py's cells and runner: the small-data grid with the power to tell methods
+apart, and the paper's Table 1 on the full CIFAR-10.
 
-Scale: the shared CIFAR-10 slice (5,085 training images, 508 held out; 1,017 test), PreActResNet-18 at width 0.25
-(flags/reproduce/powered.cfg). Two parts, each sized to about two hours of 2 CPU cores (RESULTS.md, "Powered grid"):
+Small data (--part=all, eps16, eps8): the shared CIFAR-10 slice (5,085 training images, 508 held out; 1,017 test),
+PreActResNet-18 at width 0.25 (flags/reproduce/powered.cfg). Two parts, each sized to about two hours of 2 CPU cores
+(RESULTS.md, "Powered grid"):
   eps16  Fast-AT, Fast-BAT, N-FGSM, FGSM-PGI, NuAT, ELLE-A, LIET at 16/255, seed 0, long enough for catastrophic
          overfitting to show (held-out PGD-10-1 accuracy and gradient alignment per epoch)
   eps8   Fast-AT, Fast-BAT, N-FGSM, FGSM-PGI, LIET at 8/255, seeds 0-2: mean +- std, and whether each gap to Fast-BAT
@@ -12,6 +14,16 @@ Scale: the shared CIFAR-10 slice (5,085 training images, 508 held out; 1,017 tes
     .venv/bin/python -m benchmarks.powered_grid --stage=autoattack --only=...  # AutoAttack on 200 test images
     .venv/bin/python -m benchmarks.powered_grid --stage=report                 # tables and figures so far
     .venv/bin/python -m benchmarks.powered_grid --only=fast_at_eps16_seed0     # one cell
+
+Full CIFAR-10 (--part=full: full_eps16, full_eps8): Fast-AT, Fast-BAT, Fast-AT-GA, N-FGSM at 8 and 16/255, seed 0,
+on all of the shared cifar10.npz at width 0.25 for 10 epochs (flags/reproduce/full_cifar10.cfg; the plan in
+BUILD_NOTES.md, "Full CIFAR-10 grid"); outputs runs/full_cifar10, benchmarks/results/full_cifar10.{md,json},
+results/powered_co_full_eps*.png:
+
+    .venv/bin/python -m benchmarks.powered_grid --part=full --stage=train > runs/full_cifar10.log 2>&1 &
+    .venv/bin/python -m benchmarks.powered_grid --part=full --stage=autoattack   # best and last: AA 500, PGD-50-10 1,000
+    .venv/bin/python -m benchmarks.powered_grid --part=full --stage=report       # Table 1 and the figures so far
+    .venv/bin/python -m benchmarks.powered_grid --part=full --stage=pretrained   # tf_fastbat/pretrained/*.keras, *.json
 
 Resumable: a cell with a report.json is never rerun; a killed cell resumes from its backup when its command runs
 again (tf_fastbat.train). Each cell's command is printed and kept in its workdir's command.txt.
@@ -290,6 +302,86 @@ def table1(summaries: Dict[str, Dict], parts: Sequence[Part], checkpoint: str) -
                        f"({'; '.join(sizes) or 'no cell finished'})", "", *lines, ""])
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The shipped model: the full grid's best Fast-BAT model at 8/255 as pretrained:cifar10_fast_bat_eps8.
+
+PRETRAINED = {"cifar10_fast_bat_eps8": ("full_fast_bat_eps8_seed0", "best")}  # name -> (cell, checkpoint)
+CANONICAL_DATASET = "cifar10"  # what the shared cifar10.npz is (shared/data/README.md): the card's dataset
+
+
+def pretrained_card(name: str, cell: PoweredCell, output_dir: str, checkpoint: str, clean_first_500: float,
+                    model_sha256: str) -> Dict:
+    """The card of a shipped model (tf_fastbat.pretrained), from its run's records: config.json, report.json,
+    extra_eval.json; the clean accuracy on the first 500 test images is measured by the caller."""
+    workdir = cell.workdir(output_dir)
+    config = read_json(os.path.join(workdir, "config.json"))
+    report = read_json(os.path.join(workdir, "report.json"))
+    extra = (read_json(os.path.join(workdir, "extra_eval.json"), {}) or {}).get(checkpoint, {})
+    measured = report["checkpoints"][checkpoint]
+    key = f"{cell.eps:g}/255"
+    pgd = next(a for a in sorted(measured["robust_accuracy"]) if a.startswith("pgd-"))
+    accuracy = {"eps_255": cell.eps,
+                "clean": {"accuracy": measured["clean_accuracy"], "num_examples": measured["num_examples"]},
+                "clean_first_500": {"accuracy": clean_first_500, "num_examples": 500},
+                pgd.replace("-", "_"): {"accuracy": measured["robust_accuracy"][pgd][key],
+                                        "num_examples": measured["num_examples"]}}
+    if "pgd_50_10" in extra:
+        accuracy["pgd_50_10"] = {"accuracy": extra["pgd_50_10"]["robust_accuracy"],
+                                 "num_examples": extra["pgd_50_10"]["num_examples"]}
+    if "autoattack" in extra:
+        accuracy["autoattack_standard"] = {"accuracy": extra["autoattack"]["robust_accuracy"],
+                                           "num_examples": extra["autoattack"]["num_examples"]}
+    if "clean" in extra:
+        accuracy["clean_without_lossy"] = {"accuracy": extra["clean"]["accuracy_without_excluded"],
+                                           "num_examples": extra["clean"]["num_examples_without_excluded"]}
+    settings = {k: v for k, v in config.items() if k not in ("workdir", "export_dir")}
+    settings["dataset"] = CANONICAL_DATASET
+    return {"name": name, "model_file": f"{name}.keras", "sha256": model_sha256,
+            "summary": f"{LABELS[cell.method]} at eps {cell.eps}/255 on CIFAR-10 (45,000 training images), "
+                       f"PreActResNet-18 at width {config['width_multiplier']:g}, {report['epochs']} epochs, the "
+                       f"{'early-stopped' if checkpoint == 'best' else 'last'} model (epoch {report['best_epoch']})",
+            "settings": settings,
+            "training": {"command": " ".join(cell.command(output_dir, None)[1:]).replace(output_dir, "runs"),
+                         "epochs": report["epochs"], "best_epoch": report["best_epoch"], "checkpoint": checkpoint,
+                         "seconds_per_epoch": report.get("seconds_per_epoch"),
+                         "machine": "2 CPU cores (AMD EPYC), TensorFlow 2.21 with oneDNN, float32"},
+            "accuracy": accuracy,
+            "test_images": "CIFAR-10 test set in the official order; clean and PGD on all 10,000 (20 of them "
+                           "JPEG-decoded in the shared copy), PGD-50-10 and AutoAttack on the first 1,000 and 500"}
+
+
+def package_pretrained(output_dir: str, folder: str) -> List[str]:
+    """Copies each PRETRAINED model from its run into `folder` (tf_fastbat/pretrained) with its card; paths."""
+    import shutil
+
+    import numpy as np
+
+    from tf_fastbat import models, pretrained
+    from tf_fastbat.checkpoints import write_json_atomic
+    from tf_fastbat.data.test_split import test_arrays
+    from tf_fastbat.evaluation import classifier_logits, predictions
+
+    written = []
+    cells = {c.name: c for c in part_cells(PARTS["full_eps8"]) + part_cells(PARTS["full_eps16"])}
+    for name, (cell_name, checkpoint) in PRETRAINED.items():
+        cell = cells[cell_name]
+        source = os.path.join(cell.workdir(output_dir), "checkpoints", f"{checkpoint}.keras")
+        if not os.path.isfile(os.path.join(cell.workdir(output_dir), "report.json")):
+            print(f"[powered] {name}: {cell_name} has not finished training, not packaged", flush=True)
+            continue
+        target = os.path.join(folder, f"{name}.keras")
+        shutil.copyfile(source, target)
+        config = read_json(os.path.join(cell.workdir(output_dir), "config.json"))
+        x, y = test_arrays(config["dataset"], 500)
+        clean = float(np.mean(predictions(classifier_logits(models.load(target)), x) == y))
+        card = pretrained_card(name, cell, output_dir, checkpoint, clean, pretrained.sha256(target))
+        write_json_atomic(card, os.path.join(folder, f"{name}.json"))
+        written += [target, os.path.join(folder, f"{name}.json")]
+        print(f"[powered] {name}: packaged {source} ({checkpoint}); clean accuracy on the first 500 test images "
+              f"{clean:.2%}", flush=True)
+    return written
+
+
 def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
     """Per epoch and method: held-out PGD-10-1 RA (%) and gradient alignment, collapsed epochs marked; the Figure."""
     from matplotlib.figure import Figure
@@ -352,9 +444,10 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", default="all", choices=[*PARTS, *GROUPS],
                         help="Which part to train and report: all is the small-data grid, full the full CIFAR-10.")
-    parser.add_argument("--stage", default="all", choices=["train", "autoattack", "report", "all"],
+    parser.add_argument("--stage", default="all", choices=["train", "autoattack", "report", "pretrained", "all"],
                         help="all: train, then report; autoattack (never part of all): AutoAttack and PGD-50-10 on "
-                        "the first --aa_examples test images of each trained cell's last model.")
+                        "the first test images of each trained cell's --checkpoints; pretrained (never part of all): "
+                        "copy the full grid's shipped models (PRETRAINED) into --pretrained_dir with their cards.")
     parser.add_argument("--aa_examples", type=int, default=None, help="Test images AutoAttack runs on in the "
                         "autoattack stage (default: 200; 500 for --part=full).")
     parser.add_argument("--pgd_examples", type=int, default=None, help="Test images PGD-50-10 runs on in the "
@@ -370,6 +463,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "full parts.")
     parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--figures_dir", default="results")
+    parser.add_argument("--pretrained_dir", default=os.path.join("tf_fastbat", "pretrained"),
+                        help="Where --stage=pretrained writes the shipped models and their cards.")
     args = parser.parse_args(argv)
     args.parts = [PARTS[name] for name in GROUPS.get(args.part, (args.part,))]
     full = [part.prefix == "full_" for part in args.parts]
@@ -421,6 +516,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         for cell in args.cells:
             evaluate(cell, args.output_dir, checkpoints=args.checkpoints)
         print(f"[powered] AutoAttack done; {time.perf_counter() - start:.0f} s", flush=True)
+    if args.stage == "pretrained":  # never part of all: it writes into the package
+        package_pretrained(args.output_dir, args.pretrained_dir)
     if args.stage in ("report", "all"):
         print(report(args.cells, args.output_dir, args.parts, args.results_dir, args.figures_dir, args.stem))
 

@@ -301,3 +301,46 @@ def test_full_grid_runner_trains_measures_and_reports_a_tiny_cell(tmp_path, monk
     monkeypatch.setattr(reproduce.subprocess, "call", lambda command, **kwargs: calls.append(command) or 0)
     powered_grid.main(common + ["--stage=train"])
     assert calls == []  # finished: never trained again
+    check_packaged_model(tmp_path, monkeypatch, output, report, extra)
+
+
+def check_packaged_model(tmp_path, monkeypatch, output, report, extra):
+    """--stage=pretrained on the tiny cell: the model file and its card, then `pretrained:NAME` through the
+    library and the tools' resolution, from a package folder that holds only this model."""
+    import keras
+    import tensorflow as tf
+
+    from tf_fastbat import artifacts, evaluate, models, pretrained
+    from tf_fastbat.errors import UsageError
+
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    monkeypatch.setattr(powered_grid, "PRETRAINED", {"tiny_fast_at": ("full_fast_at_eps8_seed0", "best")})
+    powered_grid.main(["--part=full", f"--output_dir={output}", "--stage=pretrained", f"--pretrained_dir={folder}"])
+    card = json.loads((folder / "tiny_fast_at.json").read_text())
+    best = report["checkpoints"]["best"]
+    assert card["accuracy"]["clean"] == {"accuracy": best["clean_accuracy"], "num_examples": 32}
+    assert card["accuracy"]["pgd_20_1"]["accuracy"] == best["robust_accuracy"]["pgd-20-1"]["8/255"]
+    assert card["accuracy"]["autoattack_standard"] == {"accuracy": extra["best"]["autoattack"]["robust_accuracy"],
+                                                       "num_examples": 4}
+    assert card["settings"]["dataset"] == "cifar10" and card["settings"]["method"] == "fast_at"
+    assert "workdir" not in card["settings"] and card["settings"]["eps"] == 8.0
+    with np.load(ROOT.parent / "shared" / "data" / "cifar10_subset.npz") as data:  # the run's own test images
+        x, y = data["x_test"][:500].astype(np.float32) / 255.0, data["y_test"][:500]
+    trained = keras.models.load_model(output / "full_fast_at_eps8_seed0" / "checkpoints" / "best.keras", compile=False)
+    by_hand = float(np.mean(np.argmax(trained(tf.constant(x), training=False).numpy(), 1) == y))
+    assert card["accuracy"]["clean_first_500"] == {"accuracy": by_hand, "num_examples": 500}
+    monkeypatch.setattr(pretrained, "FOLDER", str(folder))
+    assert pretrained.names() == ("tiny_fast_at",)
+    assert card["sha256"] == pretrained.sha256(str(folder / "tiny_fast_at.keras"))
+    loaded = models.load("pretrained:tiny_fast_at")
+    for a, b in zip(loaded.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    artifact = artifacts.resolve("pretrained:tiny_fast_at")
+    assert (artifact.kind, artifact.checkpoint, artifact.label) == ("keras", "pretrained", "tiny_fast_at")
+    assert evaluate.read_config(artifact)["dataset"] == "cifar10"
+    assert evaluate.output_paths(artifact, None, None)["report"] == os.path.join(os.getcwd(),
+                                                                                 "evaluation-tiny_fast_at.json")
+    with pytest.raises(UsageError, match="^--checkpoint=pretrained:nope: no such pretrained model; shipped: "
+                                         "pretrained:tiny_fast_at$"):
+        artifacts.resolve("pretrained:nope", "checkpoint")

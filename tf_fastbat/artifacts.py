@@ -1,14 +1,16 @@
 """What a model path names, resolved without loading anything: a training workdir (its best, else last,
-checkpoint), a .keras file, a SavedModel directory, or a TF Serving model directory (its newest version).
-Every tool resolves --model, --checkpoint and --surrogate here."""
+checkpoint), a .keras file, a SavedModel directory, a TF Serving model directory (its newest version), or a
+shipped model, `pretrained:NAME`. Every tool resolves --model, --checkpoint and --surrogate here, and reads the
+training settings recorded with a model through `recorded_settings`."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import zipfile
-from typing import Optional
+from typing import Dict, Optional
 
+from tf_fastbat import pretrained
 from tf_fastbat.errors import UsageError
 from tf_fastbat.serving.protocol import integer_versions
 
@@ -24,7 +26,7 @@ class Artifact:
     kind: str  # "keras" or "savedmodel"
     file: str  # the .keras file or the SavedModel directory to load
     workdir: Optional[str]  # the training workdir it comes from, if any (it has config.json)
-    checkpoint: str  # "best", "last", "file" (a .keras file from elsewhere) or "savedmodel"
+    checkpoint: str  # "best", "last", "file" (a .keras file from elsewhere), "savedmodel" or "pretrained"
     label: str  # a short name for tables and plot legends
 
 
@@ -71,6 +73,11 @@ def resolve(path: Optional[str], flag: str = "model", saved_models: bool = True)
         "a training workdir or a .keras file"
     if not path:
         raise UsageError(f"--{flag} is required ({forms})")
+    if pretrained.is_pretrained(path):
+        try:
+            return Artifact(path, "keras", pretrained.model_file(path), None, "pretrained", pretrained.name_of(path))
+        except UsageError as error:
+            raise UsageError(f"--{flag}={error}") from error
     if not os.path.exists(path):
         raise UsageError(f"--{flag}={path}: no such file or directory")
     if os.path.isdir(path):
@@ -91,3 +98,18 @@ def resolve(path: Optional[str], flag: str = "model", saved_models: bool = True)
     workdir = _workdir_of(path)
     name = os.path.basename(path)[:-len(".keras")]
     return Artifact(path, "keras", path, workdir, name if workdir and name in CHECKPOINTS else "file", label(path))
+
+
+def recorded_settings(artifact: Artifact) -> Dict:
+    """The training settings recorded with a model (a workdir's config.json, a shipped model's card; eps in 1/255
+    units), or {} for a model from elsewhere."""
+    from tf_fastbat.checkpoints import read_json
+
+    if artifact.checkpoint == "pretrained":
+        return pretrained.settings(artifact.path)
+    if not artifact.workdir:
+        return {}
+    try:
+        return read_json(os.path.join(artifact.workdir, "config.json"), {}) or {}
+    except ValueError as error:
+        raise UsageError(str(error)) from error

@@ -40,13 +40,8 @@ def parse_attacks(values: Sequence[str]) -> List[str]:
 
 
 def read_config(artifact: Artifact) -> Dict:
-    """The training flags of the model's workdir (config.json), or {} for a model from elsewhere."""
-    if not artifact.workdir:
-        return {}
-    try:
-        return read_json(os.path.join(artifact.workdir, "config.json"), {})
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    """The training flags recorded with the model (artifacts.recorded_settings), or {} for a model from elsewhere."""
+    return artifacts.recorded_settings(artifact)
 
 
 def output_paths(artifact: Artifact, output: Optional[str], workdir: Optional[str]) -> Dict[str, str]:
@@ -59,6 +54,8 @@ def output_paths(artifact: Artifact, output: Optional[str], workdir: Optional[st
             folder = workdir
         elif artifact.workdir and os.path.abspath(artifact.path) == os.path.abspath(artifact.workdir):
             folder = artifact.workdir
+        elif artifact.checkpoint == "pretrained":
+            folder = os.getcwd()  # never into the installed package
         elif artifact.kind == "keras":
             folder = os.path.dirname(os.path.abspath(artifact.file))
         else:
@@ -121,7 +118,8 @@ def write_plots(paths: Dict[str, str], name: str, result: Dict, compare: Dict[st
 def define_flags() -> None:
     """The tool's flags, each with its check beside it."""
     flags.DEFINE_string("model", None, "A training workdir (its checkpoints/best.keras), a .keras file mapping [0, 1] "
-                        "NHWC images to logits, or an exported SavedModel directory (serving_default signature).")
+                        "NHWC images to logits, an exported SavedModel directory (serving_default signature), or a "
+                        "shipped robust model, pretrained:NAME (e.g. pretrained:cifar10_fast_bat_eps8).")
     cli.validator("model", artifacts.resolve)
     flags.DEFINE_string("dataset", None, "A tensorflow_datasets name, npz:PATH or folder:PATH; its test split is used "
                         "(default: the workdir's config.json dataset, a SavedModel's metadata, else cifar10).")

@@ -49,7 +49,12 @@ def build(name: str, num_classes: int = 10, activation: str = "relu", width_mult
 
 
 def load(path: str) -> keras.Model:
-    """A classifier saved by this project (or any .keras file mapping [0, 1] images to logits)."""
+    """A classifier saved by this project (or any .keras file mapping [0, 1] images to logits), or a shipped
+    robust model by its name, `pretrained:NAME` (tf_fastbat.pretrained)."""
+    from tf_fastbat import pretrained
+
+    if pretrained.is_pretrained(path):
+        path = pretrained.model_file(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file not found: {path}")
     try:

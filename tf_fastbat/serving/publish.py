@@ -97,9 +97,8 @@ def export_checkpoint(checkpoint: str, export_dir: str, model_name: str = DEFAUL
     from tf_fastbat.serving.saved_model import export_saved_model
 
     artifact = artifacts.resolve(checkpoint, "checkpoint", saved_models=False)
-    config = read_json_file(os.path.join(artifact.workdir, "config.json")) if artifact.workdir else None
+    config = artifacts.recorded_settings(artifact)
     report_json = read_json_file(os.path.join(artifact.workdir, "report.json")) if artifact.workdir else None
-    config = config or {}
     dataset = dataset or config.get("dataset")
     if num_examples < 0:
         raise UsageError(f"--num_examples={num_examples}: must be >= 0 (0 skips the measurement)")
