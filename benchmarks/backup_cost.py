@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from tf_fastbat.record import Workdir
 from tf_fastbat.runtime import prefer_onednn
 
 
@@ -45,9 +46,9 @@ def measure(width: float, repeats: int, directory: str) -> Dict:
     from tf_fastbat import backup, resume
 
     trainer, _ = build_trainer("fast_bat", width, 128, "float32", False, 352)
-    run = resume.RunState(trainer, tf.distribute.get_strategy(), os.path.join(directory, "checkpoints"),
-                          os.path.join(directory, "training_log.csv"), 128, 352)
-    backups = os.path.join(directory, "backup")
+    record = Workdir(directory)
+    run = resume.RunState(trainer, tf.distribute.get_strategy(), record.checkpoints, record.training_log, 128, 352)
+    backups = record.backups
     writes = []
     for step in range(1, repeats + 1):
         start = time.perf_counter()

@@ -38,7 +38,6 @@ import time
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from benchmarks import reproduce
-from tf_fastbat.checkpoints import read_json  # no TensorFlow import
 
 FLAGFILE = os.path.join("flags", "reproduce", "powered.cfg")
 LABELS = {**reproduce.LABELS, "fgsm_pgi": "FGSM-PGI", "nu_at": "NuAT", "elle_a": "ELLE-A", "liet": "LIET"}
@@ -144,8 +143,8 @@ def collapse_epochs(robust: Sequence[float]) -> List[int]:
 
 def summary(cell: PoweredCell, output_dir: str) -> Optional[Dict]:
     """SA and PGD RA of the best (early-stopped) and last checkpoints, s/epoch, per-epoch curves; None if unfinished."""
-    workdir = cell.workdir(output_dir)
-    report = read_json(os.path.join(workdir, "report.json"))
+    run = cell.record(output_dir)
+    report = run.results()
     if report is None:
         return None
     key = f"{cell.eps:g}/255"
@@ -156,7 +155,7 @@ def summary(cell: PoweredCell, output_dir: str) -> Optional[Dict]:
         attack = next(a for a in sorted(result["robust_accuracy"]) if a.startswith("pgd-"))
         out[name] = {"SA": result["clean_accuracy"], "RA": result["robust_accuracy"][attack][key],
                      "attack": attack, "num_examples": result["num_examples"]}
-    extra = read_json(os.path.join(workdir, "extra_eval.json"), {}) or {}
+    extra = run.extra()
     for name, entry in extra.items():
         if name in out and "autoattack" in entry:
             out[name]["AA"] = entry["autoattack"]["robust_accuracy"]
@@ -168,7 +167,7 @@ def summary(cell: PoweredCell, output_dir: str) -> Optional[Dict]:
         if name in out and "clean" in entry:
             out[name]["SA_kept"] = entry["clean"]["accuracy_without_excluded"]
             out[name]["SA_kept_examples"] = entry["clean"]["num_examples_without_excluded"]
-    log = reproduce.training_log(workdir)
+    log = reproduce.training_log(run.root)
     out["val_robust"] = [row.get("val_robust_accuracy", math.nan) for row in log]
     out["alignment"] = [row.get("gradient_alignment", math.nan) for row in log]
     out["collapse"] = collapse_epochs(out["val_robust"])
@@ -313,10 +312,8 @@ def pretrained_card(name: str, cell: PoweredCell, output_dir: str, checkpoint: s
                     model_sha256: str) -> Dict:
     """The card of a shipped model (tf_fastbat.pretrained), from its run's records: config.json, report.json,
     extra_eval.json; the clean accuracy on the first 500 test images is measured by the caller."""
-    workdir = cell.workdir(output_dir)
-    config = read_json(os.path.join(workdir, "config.json"))
-    report = read_json(os.path.join(workdir, "report.json"))
-    extra = (read_json(os.path.join(workdir, "extra_eval.json"), {}) or {}).get(checkpoint, {})
+    run = cell.record(output_dir)
+    config, report, extra = run.settings(), run.results(), run.extra().get(checkpoint, {})
     measured = report["checkpoints"][checkpoint]
     key = f"{cell.eps:g}/255"
     pgd = next(a for a in sorted(measured["robust_accuracy"]) if a.startswith("pgd-"))
@@ -365,14 +362,14 @@ def package_pretrained(output_dir: str, folder: str) -> List[str]:
     cells = {c.name: c for c in part_cells(PARTS["full_eps8"]) + part_cells(PARTS["full_eps16"])}
     for name, (cell_name, checkpoint) in PRETRAINED.items():
         cell = cells[cell_name]
-        source = os.path.join(cell.workdir(output_dir), "checkpoints", f"{checkpoint}.keras")
-        if not os.path.isfile(os.path.join(cell.workdir(output_dir), "report.json")):
+        run = cell.record(output_dir)
+        source = run.checkpoint(checkpoint)
+        if not run.finished():
             print(f"[powered] {name}: {cell_name} has not finished training, not packaged", flush=True)
             continue
         target = os.path.join(folder, f"{name}.keras")
         shutil.copyfile(source, target)
-        config = read_json(os.path.join(cell.workdir(output_dir), "config.json"))
-        x, y = test_arrays(config["dataset"], 500)
+        x, y = test_arrays(run.settings()["dataset"], 500)
         clean = float(np.mean(predictions(classifier_logits(models.load(target)), x) == y))
         card = pretrained_card(name, cell, output_dir, checkpoint, clean, pretrained.sha256(target))
         write_json_atomic(card, os.path.join(folder, f"{name}.json"))

@@ -26,7 +26,8 @@ import sys
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from tf_fastbat.checkpoints import read_json, write_json_atomic  # no TensorFlow import
+from tf_fastbat.checkpoints import write_json_atomic  # no TensorFlow import
+from tf_fastbat.record import Workdir
 from tf_fastbat.runtime import prefer_onednn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +62,10 @@ class Cell:
     def workdir(self, output_dir: str) -> str:
         return os.path.join(output_dir, self.name)
 
+    def record(self, output_dir: str) -> Workdir:
+        """The cell's run record (tf_fastbat.record)."""
+        return Workdir(self.workdir(output_dir))
+
     def command(self, output_dir: str, epochs: Optional[int]) -> List[str]:
         flags = {"method": self.method, "eps": self.eps, "seed": self.seed, "workdir": self.workdir(output_dir),
                  **({"epochs": epochs} if epochs else {}), **self.extra}
@@ -82,20 +87,20 @@ def ablation_cells(names: Iterable[str] = ABLATIONS) -> List[Cell]:
 def train(cells: Sequence[Cell], output_dir: str, epochs: Optional[int]) -> None:
     """Run each unfinished cell's training command, its output in <workdir>/train.log."""
     for cell in cells:
-        workdir = cell.workdir(output_dir)
-        if os.path.exists(os.path.join(workdir, "report.json")):
+        run = cell.record(output_dir)
+        if run.finished():
             print(f"[reproduce] {cell.name}: done, skipped", flush=True)
             continue
-        os.makedirs(workdir, exist_ok=True)
+        os.makedirs(run.root, exist_ok=True)
         command = cell.command(output_dir, epochs)
-        with open(os.path.join(workdir, "command.txt"), "w") as out:
+        with open(run.command, "w") as out:
             out.write(" ".join(command[1:]) + "\n")
         print(f"[reproduce] {cell.name}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
-        with open(os.path.join(workdir, "train.log"), "a") as log:
+        with open(run.output, "a") as log:
             code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        status = "finished" if code == 0 else f"FAILED (exit {code}, see {workdir}/train.log)"
+        status = "finished" if code == 0 else f"FAILED (exit {code}, see {run.output})"
         print(f"[reproduce] {cell.name}: {status} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
@@ -105,7 +110,7 @@ def train(cells: Sequence[Cell], output_dir: str, epochs: Optional[int]) -> None
 def follow(cells: Sequence[Cell], output_dir: str, evaluate: "Evaluator", poll_seconds: float = 30.0) -> None:
     """Evaluate cells as their training finishes (best checkpoints first, then last), until all are evaluated."""
     while True:
-        trained = [c for c in cells if os.path.exists(os.path.join(c.workdir(output_dir), "report.json"))]
+        trained = [c for c in cells if c.record(output_dir).finished()]
         for cell in trained:
             evaluate(cell, output_dir, ("best",))
         if len(trained) == len(cells):
@@ -201,14 +206,14 @@ class Evaluator:
         from tf_fastbat.attacks.autoattack.attack import AutoAttack
         from tf_fastbat.attacks.pgd import PGDAttack
 
-        workdir = cell.workdir(output_dir)
-        report = read_json(os.path.join(workdir, "report.json"))
+        run = cell.record(output_dir)
+        report = run.results()
         if report is None:
             print(f"[reproduce] {cell.name}: not trained, not evaluated", flush=True)
             return
-        path = os.path.join(workdir, "extra_eval.json")
-        extra = read_json(path, {}) or {}
-        config = read_json(os.path.join(workdir, "config.json"))
+        path = run.extra_evaluation
+        extra = run.extra()
+        config = run.settings()
         x, y = self._test_set(config["dataset"])
         for checkpoint in checkpoints:
             if checkpoint == "last" and report["best_epoch"] == report["epochs"] and "best" in extra:
@@ -223,7 +228,7 @@ class Evaluator:
             want_clean = bool(self.excluded) and "clean" not in entry
             if not (want_aa or want_sweep or want_subset or want_clean):
                 continue  # what this run measures is there already (a partial entry is completed, not redone)
-            logits_fn = self._logits_fn(config, os.path.join(workdir, "checkpoints", f"{checkpoint}.keras"))
+            logits_fn = self._logits_fn(config, run.checkpoint(checkpoint))
             start = time.perf_counter()
             if want_aa:
                 n = self.aa_examples
@@ -252,7 +257,7 @@ class Evaluator:
 # The report: tables and figures.
 
 def training_log(workdir: str) -> List[Dict[str, float]]:
-    path = os.path.join(workdir, "training_log.csv")
+    path = Workdir(workdir).training_log
     if not os.path.exists(path):
         return []
     with open(path) as rows:
@@ -261,16 +266,16 @@ def training_log(workdir: str) -> List[Dict[str, float]]:
 
 def cell_summary(cell: Cell, output_dir: str) -> Optional[Dict]:
     """SA, RA-PGD-50-10, RA-AA of best and last, seconds per epoch, best epoch, per-epoch logs; None if untrained."""
-    workdir = cell.workdir(output_dir)
-    report = read_json(os.path.join(workdir, "report.json"))
+    run = cell.record(output_dir)
+    report = run.results()
     if report is None:
         return None
-    extra = read_json(os.path.join(workdir, "extra_eval.json"), {}) or {}
+    extra = run.extra()
     if "last" not in extra and "best" in extra and report["best_epoch"] == report["epochs"]:
         extra["last"] = extra["best"]  # the same weights
     key = f"{cell.eps:g}/255"
     summary = {"seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
-               "epochs": report["epochs"], "log": training_log(workdir), "command": " ".join(cell.command(
+               "epochs": report["epochs"], "log": training_log(run.root), "command": " ".join(cell.command(
                    output_dir, None)[1:])}
     for checkpoint in CHECKPOINTS:
         result = report["checkpoints"].get(checkpoint)

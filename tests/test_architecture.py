@@ -83,3 +83,22 @@ def test_the_architecture_example_adds_an_attack():
     y = np.array([0, 1] * 4)
     result = evaluation.robustness(logits_fn, x, y, [8 / 255], [attacks.build("noise", evaluation.Settings())])
     assert result["clean_accuracy"] == 0.5 and result["robust_accuracy"] == {"noise": {"8/255": 0.5}}
+
+
+WORKDIR_FILES = ("config.json", "report.json", "report.md", "training_log.csv", "best.json", "best.keras",
+                 "last.keras", "extra_eval.json", "command.txt", "train.log", '"backup"')
+
+
+def test_only_the_record_module_spells_a_workdir_file_name():
+    """A workdir's layout is written once (tf_fastbat/record.py): the package and the benchmarks ask it."""
+    sources = {path: path.read_text() for folder in (PACKAGE, ROOT / "benchmarks") for path in folder.rglob("*.py")}
+    spelled = {}
+    for path, text in sources.items():
+        if path == PACKAGE / "record.py":
+            continue
+        code = "\n".join(line.split("#")[0] for line in text.splitlines())  # comments may name files
+        code = re.sub(r'"""(.|\n)*?"""', "", code)  # so may docstrings
+        found = [name for name in WORKDIR_FILES if name in code]
+        if found:
+            spelled[str(path.relative_to(ROOT))] = found
+    assert not spelled, spelled

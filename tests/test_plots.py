@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from tf_fastbat import plots, train
+from tf_fastbat import plots, record, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -145,11 +145,11 @@ def test_training_writes_its_curves_and_one_ra_line_when_the_best_epoch_was_the_
     drawn = []
     draw = plots.robust_accuracy_vs_eps
     monkeypatch.setattr(plots, "robust_accuracy_vs_eps", lambda reports, path: drawn.append(draw(reports, path)))
-    written = train.write_plots(str(tmp_path), str(log), {"best": best, "last": best}, 2)
+    written = train.write_plots(record.Workdir(str(tmp_path)), {"best": best, "last": best}, 2)
     assert written == {"training_curves": str(tmp_path / "training_curves.png"),
                        "ra_vs_eps": str(tmp_path / "ra_vs_eps.png")}
     for path in written.values():
         read_png(path)
-    train.write_plots(str(tmp_path), str(log), {"best": best, "last": other}, 2)
+    train.write_plots(record.Workdir(str(tmp_path)), {"best": best, "last": other}, 2)
     labels = [[line.get_label() for line in figure.axes[0].get_lines()] for figure in drawn]
     assert labels == [["best (= last): pgd-20-1"], ["best: pgd-20-1", "last: pgd-20-1"]]

@@ -10,11 +10,11 @@ import os
 import zipfile
 from typing import Dict, Optional
 
-from tf_fastbat import pretrained
+from tf_fastbat import pretrained, record
 from tf_fastbat.errors import UsageError
 from tf_fastbat.serving.protocol import integer_versions
 
-CHECKPOINTS = ("best", "last")  # a workdir's checkpoints/<name>.keras, in the order a workdir is resolved
+CHECKPOINTS = record.CHECKPOINTS  # a workdir's checkpoints/<name>.keras, in the order a workdir is resolved
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
@@ -32,7 +32,7 @@ class Artifact:
 
 def checkpoint_path(workdir: str, name: str) -> str:
     """<workdir>/checkpoints/<name>.keras."""
-    return os.path.join(workdir, "checkpoints", f"{name}.keras")
+    return record.Workdir(workdir).checkpoint(name)
 
 
 def is_saved_model(path: str) -> bool:
@@ -53,7 +53,7 @@ def label(path: str) -> str:
     base = os.path.basename(path)
     if base.endswith(".keras"):
         stem = base[:-len(".keras")]
-        if os.path.basename(os.path.dirname(path)) == "checkpoints":
+        if record.is_checkpoint_file(path):
             return f"{os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))}-{stem}"
         return stem
     if base.isdigit():  # a TF Serving version directory: <name>/<version>
@@ -62,9 +62,8 @@ def label(path: str) -> str:
 
 
 def _workdir_of(keras_file: str) -> Optional[str]:
-    folder = os.path.dirname(os.path.abspath(keras_file))
-    workdir = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else None
-    return workdir if workdir and os.path.isfile(os.path.join(workdir, "config.json")) else None
+    run = record.of_checkpoint(keras_file)
+    return run.root if run else None
 
 
 def resolve(path: Optional[str], flag: str = "model", saved_models: bool = True) -> Artifact:
@@ -81,11 +80,11 @@ def resolve(path: Optional[str], flag: str = "model", saved_models: bool = True)
     if not os.path.exists(path):
         raise UsageError(f"--{flag}={path}: no such file or directory")
     if os.path.isdir(path):
-        if os.path.isdir(os.path.join(path, "checkpoints")) or not saved_models:
+        if os.path.isdir(record.Workdir(path).checkpoints) or not saved_models:
             for name in CHECKPOINTS:
                 if os.path.isfile(checkpoint_path(path, name)):
                     return Artifact(path, "keras", checkpoint_path(path, name), path, name, label(path))
-            raise UsageError(f"--{flag}={path}: no checkpoints/best.keras or checkpoints/last.keras in this workdir")
+            raise UsageError(f"--{flag}={path}: no {record.checkpoint_names()} in this workdir")
         saved = newest_saved_model(path)
         if saved:
             return Artifact(path, "savedmodel", saved, None, "savedmodel", label(path))
@@ -103,13 +102,6 @@ def resolve(path: Optional[str], flag: str = "model", saved_models: bool = True)
 def recorded_settings(artifact: Artifact) -> Dict:
     """The training settings recorded with a model (a workdir's config.json, a shipped model's card; eps in 1/255
     units), or {} for a model from elsewhere."""
-    from tf_fastbat.checkpoints import read_json
-
     if artifact.checkpoint == "pretrained":
         return pretrained.settings(artifact.path)
-    if not artifact.workdir:
-        return {}
-    try:
-        return read_json(os.path.join(artifact.workdir, "config.json"), {}) or {}
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    return record.Workdir(artifact.workdir).settings() if artifact.workdir else {}

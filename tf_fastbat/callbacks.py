@@ -10,6 +10,7 @@ from typing import Dict, Optional
 import keras
 import numpy as np
 
+from tf_fastbat import record
 from tf_fastbat.attacks.pgd import PGDAttack
 from tf_fastbat.checkpoints import read_json, save_model_atomic, write_json_atomic
 from tf_fastbat.evaluation import classifier_logits, robustness
@@ -72,11 +73,11 @@ class RobustValidation(keras.callbacks.Callback):
         self.eps, self.batch_size = eps, batch_size
         self.pgd = PGDAttack(steps, restarts, seed=seed, batch_size=batch_size)
         self.logits_fn = classifier_logits(classifier)
-        self.state_path = os.path.join(checkpoint_dir, "best.json")
+        self.state_path = os.path.join(checkpoint_dir, record.BEST_STATE)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, "last.keras"))
+        save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, record.checkpoint_file("last")))
         if self.x_val is None or not len(self.x_val):
             return
         title = f"early stopping after epoch {epoch + 1}"
@@ -88,7 +89,7 @@ class RobustValidation(keras.callbacks.Callback):
         logs["val_clean_accuracy"], logs["val_robust_accuracy"] = clean, robust
         best = read_json(self.state_path, {"val_robust_accuracy": -1.0})
         if robust > best["val_robust_accuracy"]:
-            save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, "best.keras"))
+            save_model_atomic(self.classifier, os.path.join(self.checkpoint_dir, record.checkpoint_file("best")))
             best = {"epoch": epoch + 1, "val_robust_accuracy": robust, "val_clean_accuracy": clean}
             write_json_atomic(best, self.state_path)
         if self.verbose:

@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from absl import flags
 
-from tf_fastbat import flagtypes
+from tf_fastbat import flagtypes, record
 from tf_fastbat.cli import validator
 from tf_fastbat.errors import UsageError
 
@@ -222,7 +222,7 @@ def define_compute_flags() -> None:
              "--jit_compile cannot be combined with --deterministic=true: Keras turns XLA off under op determinism")
     flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                       "Keras dtype policy; float16 adds loss scaling.")
-    flags.DEFINE_boolean("tensorboard", True, "Write TensorBoard logs under workdir/tensorboard.")
+    flags.DEFINE_boolean("tensorboard", True, f"Write TensorBoard logs under workdir/{record.TENSORBOARD_FOLDER}.")
     flags.DEFINE_string("export_dir", None, "If set: at the end, export last then best as TF Serving SavedModels "
                         "to export_dir/export_model_name/<version> (the newest, best, is the one served).")
     flags.DEFINE_string("export_model_name", "tf_fastbat", "TF Serving model name under --export_dir.")

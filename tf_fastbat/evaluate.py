@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 from absl import flags
 
-from tf_fastbat import artifacts, cli, flagtypes
+from tf_fastbat import artifacts, cli, flagtypes, record
 from tf_fastbat.artifacts import Artifact
 from tf_fastbat.attacks import base as attack_registry
 from tf_fastbat.checkpoints import read_json
@@ -101,10 +101,9 @@ def write_plots(paths: Dict[str, str], name: str, result: Dict, compare: Dict[st
                                    f"{name}: AutoAttack ({version}) on {result['num_examples']} examples\n"
                                    "RA left after each attack (orange: AutoAttack's)")
         written["autoattack"] = paths["autoattack"]
-    log = os.path.join(artifact.workdir, "training_log.csv") if artifact.workdir else None
-    if log and os.path.isfile(log):
-        best = read_json(os.path.join(artifact.workdir, "checkpoints", "best.json"), {}) or {}
-        plots.training_curves(log, paths["training_curves"], best.get("epoch"))
+    run = record.Workdir(artifact.workdir) if artifact.workdir else None
+    if run and os.path.isfile(run.training_log):
+        plots.training_curves(run.training_log, paths["training_curves"], run.best_epoch())
         written["training_curves"] = paths["training_curves"]
     eps = max(eps_list, default=0)
     if eps > 0 and len(x):
@@ -117,12 +116,12 @@ def write_plots(paths: Dict[str, str], name: str, result: Dict, compare: Dict[st
 
 def define_flags() -> None:
     """The tool's flags, each with its check beside it."""
-    flags.DEFINE_string("model", None, "A training workdir (its checkpoints/best.keras), a .keras file mapping [0, 1] "
+    flags.DEFINE_string("model", None, f"A training workdir (its {record.CHECKPOINT_FOLDER}/{record.checkpoint_file('best')}), a .keras file mapping [0, 1] "
                         "NHWC images to logits, an exported SavedModel directory (serving_default signature), or a "
                         "shipped robust model, pretrained:NAME (e.g. pretrained:cifar10_fast_bat_eps8).")
     cli.validator("model", artifacts.resolve)
     flags.DEFINE_string("dataset", None, "A tensorflow_datasets name, npz:PATH or folder:PATH; its test split is used "
-                        "(default: the workdir's config.json dataset, a SavedModel's metadata, else cifar10).")
+                        f"(default: the workdir's {record.CONFIG_FILE} dataset, a SavedModel's metadata, else cifar10).")
     flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
     flags.DEFINE_string("manual_dir", None, "Manual-download directory (imagenet2012).")
     flags.DEFINE_integer("image_size", None, "Image size for folder:/imagenet2012 data (default: the workdir's, 224).")

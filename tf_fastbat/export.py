@@ -14,7 +14,7 @@ import os
 
 from absl import flags
 
-from tf_fastbat import artifacts, cli, flagtypes
+from tf_fastbat import artifacts, cli, flagtypes, record
 from tf_fastbat.serving.protocol import DEFAULT_MODEL_NAME, METADATA_FILE, validate_model_name
 
 FLAGS = flags.FLAGS
@@ -29,7 +29,8 @@ def define_flags() -> None:
     cli.validator("export_dir", bool, lambda _: "--export_dir is required (TF Serving's base directory)")
     flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "TF Serving model name (a sub-directory of export_dir).")
     cli.validator("model_name", lambda name: validate_model_name(name) is None)
-    flags.DEFINE_string("dataset", None, "Data for the robustness measurement (default: the workdir's config.json): "
+    flags.DEFINE_string("dataset", None, "Data for the robustness measurement "
+                        f"(default: the workdir's {record.CONFIG_FILE}): "
                         "a TFDS name, npz:PATH or folder:PATH.")
     flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
     flags.DEFINE_string("manual_dir", None, "Manual-download directory (imagenet2012).")

@@ -20,10 +20,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_fastbat import backup, interrupt
+from tf_fastbat import backup, interrupt, record
 from tf_fastbat.checkpoints import read_json, write_json_atomic
 
-BEST_JSON, BEST_KERAS = "best.json", "best.keras"
+BEST_JSON, BEST_KERAS = record.BEST_STATE, record.checkpoint_file("best")  # in the checkpoints folder
 
 
 class TrainingInterrupted(RuntimeError):
@@ -142,10 +142,10 @@ class RunState:
         for flag, value in (("batch_size", self.batch_size), ("steps_per_epoch", self.steps_per_epoch)):
             if state[flag] != value:
                 raise backup.BackupError(f"{found.path} was written with {flag} {state[flag]}, this run has {value}; "
-                                         "rerun the same command (see config.json) or use another --workdir")
+                                         f"rerun the same command (see {record.CONFIG_FILE}) or use another --workdir")
         if [[name, list(shape)] for name, shape in state["variables"]] != [list(d) for d in self.describe()]:
             raise backup.BackupError(f"{found.path} holds another model or optimizer than this run builds; rerun "
-                                     "the same command (see config.json) or use another --workdir")
+                                     f"the same command (see {record.CONFIG_FILE}) or use another --workdir")
         for index, (_, variable) in enumerate(self.variables):
             variable.assign(found.arrays[f"{index:05d}"])
         self._restore_best(state["best"], found.file(BEST_KERAS))

@@ -43,8 +43,8 @@ def run(f=FLAGS) -> dict:
     import numpy as np
 
     from tf_fastbat import (backup, callbacks as cb, data, distribution, evaluation, interrupt, methods, models,
-                            optim, report, resume, weight_averaging)
-    from tf_fastbat.checkpoints import write_json_atomic, read_json
+                            optim, record, report, resume, weight_averaging)
+    from tf_fastbat.checkpoints import write_json_atomic
     from tf_fastbat.metrics import GradientAlignmentLogger
     from tf_fastbat.trainer import assemble, sgd
 
@@ -64,11 +64,12 @@ def run(f=FLAGS) -> dict:
 
     chief = distribution.is_chief()
     workdir = f.workdir if chief else os.path.join(f.workdir, f".worker-{distribution.worker_index()}")
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    run_record = record.Workdir(workdir)
+    checkpoint_dir = run_record.checkpoints
     os.makedirs(checkpoint_dir, exist_ok=True)
     write_json_atomic({**config.as_dict(f), "method_hparams": method.hparams(), "num_classes": source.num_classes,
                        "class_names": list(source.class_names), "image_shape": list(source.image_shape),
-                       "replicas": strategy.num_replicas_in_sync}, os.path.join(workdir, "config.json"))
+                       "replicas": strategy.num_replicas_in_sync}, run_record.config)
 
     with strategy.scope():
         classifier = models.build(f.model, source.num_classes, f.activation, f.width_multiplier,
@@ -86,9 +87,9 @@ def run(f=FLAGS) -> dict:
         trainer.average = weight_averaging.maybe(classifier, f.weight_averaging)
     validated = classifier if trainer.average is None else trainer.average.model  # checkpointed, reported, exported
 
-    log_path = os.path.join(workdir, "training_log.csv")
+    log_path = run_record.training_log
     state = resume.RunState(trainer, strategy, checkpoint_dir, log_path, f.batch_size, steps_per_epoch)
-    backup_dir = os.path.join(f.workdir, "backup")  # the chief's: every worker restores from it
+    backup_dir = record.Workdir(f.workdir).backups  # the chief's: every worker restores from it
     found = backup.newest(backup_dir, _warn)
     if found is not None:
         restored = state.restore(found)
@@ -115,7 +116,7 @@ def run(f=FLAGS) -> dict:
         callbacks.insert(3, GradientAlignmentLogger(classifier, val_x[:512], val_y[:512],
                                                     method.eps or eval_eps[0], seed=f.seed))
     if f.tensorboard:
-        callbacks.insert(len(callbacks) - 2, keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
+        callbacks.insert(len(callbacks) - 2, keras.callbacks.TensorBoard(run_record.tensorboard,
                                                                          write_graph=False))
     start = time.perf_counter()
     with stop.installed():
@@ -124,10 +125,10 @@ def run(f=FLAGS) -> dict:
     train_seconds = time.perf_counter() - start
 
     test_x, test_y = test_arrays(splits, f.eval_num_examples)
-    best_epoch = (read_json(os.path.join(checkpoint_dir, "best.json"), {}) or {}).get("epoch")
+    best_epoch = run_record.best_epoch()
     results = {}
-    for name in ("best", "last"):
-        path = os.path.join(checkpoint_dir, f"{name}.keras")
+    for name in record.CHECKPOINTS:
+        path = run_record.checkpoint(name)
         if name == "last" and best_epoch == f.epochs and "best" in results:
             results["last"] = results["best"]  # the best epoch was the last: the same weights
         elif os.path.exists(path):
@@ -143,11 +144,11 @@ def run(f=FLAGS) -> dict:
             "seconds_per_epoch": float(np.median(epoch_seconds)) if epoch_seconds else None,
             "replicas": strategy.num_replicas_in_sync}
     if chief:
-        write_json_atomic(full, os.path.join(workdir, "report.json"))
+        write_json_atomic(full, run_record.report)
         table = report.markdown_table(results)
-        with open(os.path.join(workdir, "report.md"), "w") as out:
+        with open(run_record.report_table, "w") as out:
             out.write(table + "\n")
-        for kind, path in write_plots(workdir, log_path, results, best_epoch).items():
+        for kind, path in write_plots(run_record, results, best_epoch).items():
             print(f"wrote {path} ({kind})")
         print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {workdir}):\n{table}")
         print(report.reading_guide(source.name, splits.num_train, 0 if val_x is None else len(val_x), len(test_x),
@@ -160,18 +161,19 @@ def run(f=FLAGS) -> dict:
     return full
 
 
-def write_plots(workdir: str, log_path: str, results: dict, best_epoch) -> dict:
-    """The training curves (held-out RA per epoch, best epoch marked) and RA against eps of best and last."""
+def write_plots(run_record, results: dict, best_epoch) -> dict:
+    """The training curves (held-out RA per epoch, best epoch marked) and RA against eps of best and last, in the
+    run's workdir (a record.Workdir)."""
     from tf_fastbat import plots
 
     written = {}
-    if os.path.isfile(log_path):
-        written["training_curves"] = os.path.join(workdir, "training_curves.png")
-        plots.training_curves(log_path, written["training_curves"], best_epoch)
+    if os.path.isfile(run_record.training_log):
+        written["training_curves"] = run_record.figure("training_curves")
+        plots.training_curves(run_record.training_log, written["training_curves"], best_epoch)
     same = results.get("last") is results.get("best")  # the best epoch was the last: one curve
     models = {"best (= last)": results["best"]} if same and "best" in results else results
     if any(result["robust_accuracy"] for result in models.values()):
-        written["ra_vs_eps"] = os.path.join(workdir, "ra_vs_eps.png")
+        written["ra_vs_eps"] = run_record.figure("ra_vs_eps")
         plots.robust_accuracy_vs_eps(models, written["ra_vs_eps"])
     return written
 

@@ -8,19 +8,10 @@ import os
 import sys
 from typing import Callable, Dict, Optional, Sequence
 
-from tf_fastbat import __version__, artifacts
-from tf_fastbat.checkpoints import read_json
+from tf_fastbat import __version__, artifacts, record
 from tf_fastbat.errors import UsageError, one_line
 from tf_fastbat.flagtypes import fractions, in_units
 from tf_fastbat.serving.protocol import DEFAULT_MODEL_NAME
-
-
-def read_json_file(path: str) -> Optional[Dict]:
-    """A JSON file's content, None if absent; a UsageError naming the file if unreadable."""
-    try:
-        return read_json(path)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
 
 
 def preprocessing_for(dataset: Optional[str]) -> str:
@@ -98,7 +89,7 @@ def export_checkpoint(checkpoint: str, export_dir: str, model_name: str = DEFAUL
 
     artifact = artifacts.resolve(checkpoint, "checkpoint", saved_models=False)
     config = artifacts.recorded_settings(artifact)
-    report_json = read_json_file(os.path.join(artifact.workdir, "report.json")) if artifact.workdir else None
+    report_json = record.Workdir(artifact.workdir).results() if artifact.workdir else None
     dataset = dataset or config.get("dataset")
     if num_examples < 0:
         raise UsageError(f"--num_examples={num_examples}: must be >= 0 (0 skips the measurement)")
@@ -107,7 +98,7 @@ def export_checkpoint(checkpoint: str, export_dir: str, model_name: str = DEFAUL
     if not eps_list:
         eps_list = fractions("eps", [str(e) for e in config.get("eval_eps") or []] or [str(config.get("eps", 8.0))])
     if num_examples and examples is None and not dataset:
-        raise UsageError(f"--dataset is required: {checkpoint} has no config.json to take it from "
+        raise UsageError(f"--dataset is required: {checkpoint} has no {record.CONFIG_FILE} to take it from "
                          "(or pass --num_examples=0 to skip the robustness measurement)")
     seed = config.get("seed", 0) if seed is None else seed
     image_size = config.get("image_size", 224) if image_size is None else image_size
@@ -144,7 +135,7 @@ def export_after_training(workdir: str, export_dir: str, model_name: str = DEFAU
     see metadata["evaluation"]["agrees_with_training_evaluation"]); else the dataset's first `num_examples` test
     examples (default: the run's eval_num_examples, -1 meaning all). Returns {"last": dir, "best": dir}.
     """
-    config = read_json_file(os.path.join(workdir, "config.json")) or {}
+    config = record.Workdir(workdir).settings()
     if num_examples is None:
         num_examples = config.get("eval_num_examples", 1000)
         if num_examples is None or num_examples < 0:
@@ -161,5 +152,5 @@ def export_after_training(workdir: str, export_dir: str, model_name: str = DEFAU
                 attack_step=config.get("eval_attack_step", 10), restarts=config.get("eval_restarts", 1),
                 examples=examples)
     if not exported:
-        raise UsageError(f"{workdir}: no checkpoints/best.keras or checkpoints/last.keras to export")
+        raise UsageError(f"{workdir}: no {record.checkpoint_names()} to export")
     return exported
