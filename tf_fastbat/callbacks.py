@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import keras
 import numpy as np
@@ -96,3 +96,18 @@ class RobustValidation(keras.callbacks.Callback):
             print(f"{title}: held-out clean accuracy {clean:.2%}, {self.pgd.name} robust accuracy at eps "
                   f"{eps_key(self.eps)} {robust:.2%} ({measured['seconds']:.1f} s); best epoch {best['epoch']} "
                   f"({best['val_robust_accuracy']:.2%})", flush=True)
+
+
+def training_callbacks(timer: EpochTimer, validation: RobustValidation, log_path: str, backup: keras.callbacks.Callback,
+                       alignment: Optional[keras.callbacks.Callback] = None,
+                       tensorboard_dir: Optional[str] = None) -> List[keras.callbacks.Callback]:
+    """The training run's callbacks in the order Keras must call them at an epoch's end:
+
+    the timer (epoch_seconds), the NaN guard, the held-out check (val_* logs, best/last checkpoints), the gradient
+    alignment (Fig. 2), then TensorBoard and the CSV log, which record what the ones before wrote into the logs,
+    and last the step backup, which saves the log rows and checkpoints the others have just written.
+    """
+    tensorboard = keras.callbacks.TensorBoard(tensorboard_dir, write_graph=False) if tensorboard_dir else None
+    order = [timer, NonFiniteLossGuard(), validation, alignment, tensorboard,
+             keras.callbacks.CSVLogger(log_path, append=True), backup]
+    return [callback for callback in order if callback is not None]

@@ -12,7 +12,6 @@ from tf_fastbat import cli, config
 
 FLAGS = flags.FLAGS
 TOOL = "tf_fastbat.train"
-ES_STREAMED_EXAMPLES = 1000  # held-out examples kept in memory for early stopping on streamed or folder data
 
 
 def _warn(message: str) -> None:
@@ -38,38 +37,60 @@ def _configure_runtime(f) -> None:
 
 
 def run(f=FLAGS) -> dict:
-    """Train, keep best and last checkpoints, evaluate both on the test split, write report.json."""
-    import keras
-    import numpy as np
+    """Train, keep best and last checkpoints, evaluate both on the test split, write report.json.
 
-    from tf_fastbat import (backup, callbacks as cb, data, distribution, evaluation, interrupt, methods, models,
-                            optim, record, report, resume, weight_averaging)
-    from tf_fastbat.checkpoints import write_json_atomic
-    from tf_fastbat.metrics import GradientAlignmentLogger
-    from tf_fastbat.trainer import assemble, sgd
+    Downward, one step per helper: settings -> data -> record -> model and trainer -> resume -> callbacks -> fit ->
+    test evaluation -> report (and export).
+    """
+    from tf_fastbat import data, distribution, interrupt, methods, resume
 
     strategy = distribution.strategy_for(f.distribution)  # before any other TF op (multi-worker needs it)
     _configure_runtime(f)
     method = methods.build(f.method, **config.method_hparams(f))
-    eval_eps = config.eval_eps_list(f)
     source = data.load(f.dataset, f.data_dir, f.manual_dir, f.image_size)
     es_examples = sys.maxsize if f.es_num_examples < 0 else f.es_num_examples
     splits = data.splits(source, f.batch_size, f.val_ratio, f.seed, es_examples, f.data_dir,
                          drop_remainder=strategy.num_replicas_in_sync > 1, with_index=method.needs_index)
-    steps_per_epoch = -(-splits.num_train // f.batch_size)
-    if splits.num_train and strategy.num_replicas_in_sync > 1:
-        steps_per_epoch = splits.num_train // f.batch_size
-    if f.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, f.steps_per_epoch)
-
+    steps_per_epoch = splits.steps_per_epoch(f.batch_size, strategy.num_replicas_in_sync, f.steps_per_epoch)
     chief = distribution.is_chief()
+    run_record = _start_record(f, method, source, strategy, chief)
+    classifier, trainer = _build(f, method, source, splits, steps_per_epoch, strategy)
+    state, restored = _restore(f, trainer, strategy, run_record, steps_per_epoch)
+    val_x, val_y = splits.validation_examples(es_examples)
+    stop = interrupt.StopRequest()
+    callbacks, timer = _callbacks(f, method, classifier, trainer, state, restored, run_record, val_x, val_y, stop,
+                                  strategy, chief)
+    start = time.perf_counter()
+    with stop.installed():
+        history = resume.fit(trainer, splits.train_from, restored.position, f.epochs, steps_per_epoch, callbacks,
+                             verbose=1 if chief else 0)
+    train_seconds = time.perf_counter() - start
+    test_x, test_y = splits.test_examples(f.eval_num_examples)
+    results = _evaluate(f, run_record, test_x, test_y, chief)
+    full = _report(f, method, source, strategy, run_record, results, history, train_seconds)
+    if chief:
+        _publish(f, run_record, full, results, source, splits, val_x, test_x, test_y)
+    return full
+
+
+def _start_record(f, method, source, strategy, chief: bool):
+    """The run's workdir (a worker's own below the chief's) with its settings written to config.json."""
+    from tf_fastbat import distribution, record
+    from tf_fastbat.checkpoints import write_json_atomic
+
     workdir = f.workdir if chief else os.path.join(f.workdir, f".worker-{distribution.worker_index()}")
     run_record = record.Workdir(workdir)
-    checkpoint_dir = run_record.checkpoints
-    os.makedirs(checkpoint_dir, exist_ok=True)
+    os.makedirs(run_record.checkpoints, exist_ok=True)
     write_json_atomic({**config.as_dict(f), "method_hparams": method.hparams(), "num_classes": source.num_classes,
                        "class_names": list(source.class_names), "image_shape": list(source.image_shape),
                        "replicas": strategy.num_replicas_in_sync}, run_record.config)
+    return run_record
+
+
+def _build(f, method, source, splits, steps_per_epoch: int, strategy):
+    """(classifier, trainer): the architecture, the optimizer with its schedules, the method's train step."""
+    from tf_fastbat import distribution, models, optim, weight_averaging
+    from tf_fastbat.trainer import assemble, sgd
 
     with strategy.scope():
         classifier = models.build(f.model, source.num_classes, f.activation, f.width_multiplier,
@@ -85,11 +106,16 @@ def run(f=FLAGS) -> dict:
         trainer = assemble(classifier, method, sgd(lr, momentum, f.weight_decay, f.mixed_precision), seed=f.seed,
                            jit_compile=f.jit_compile, num_examples=splits.num_train, steps_per_epoch=steps_per_epoch)
         trainer.average = weight_averaging.maybe(classifier, f.weight_averaging)
-    validated = classifier if trainer.average is None else trainer.average.model  # checkpointed, reported, exported
+    return classifier, trainer
 
-    log_path = run_record.training_log
-    state = resume.RunState(trainer, strategy, checkpoint_dir, log_path, f.batch_size, steps_per_epoch)
-    backup_dir = record.Workdir(f.workdir).backups  # the chief's: every worker restores from it
+
+def _restore(f, trainer, strategy, run_record, steps_per_epoch: int):
+    """(state, restored): the newest backup of the chief's workdir, which every worker restores from, or a start."""
+    from tf_fastbat import backup, record, resume
+
+    state = resume.RunState(trainer, strategy, run_record.checkpoints, run_record.training_log, f.batch_size,
+                            steps_per_epoch)
+    backup_dir = record.Workdir(f.workdir).backups
     found = backup.newest(backup_dir, _warn)
     if found is not None:
         restored = state.restore(found)
@@ -98,67 +124,80 @@ def run(f=FLAGS) -> dict:
         restored = resume.Restored()
         if state.start_over():
             _warn(f"no backup in {backup_dir}: starting over (the workdir's old log rows and best model are dropped)")
+    return state, restored
+
+
+def _callbacks(f, method, classifier, trainer, state, restored, run_record, val_x, val_y, stop, strategy,
+               chief: bool):
+    """(callbacks in callbacks.training_callbacks' order, the epoch timer)."""
+    from tf_fastbat import callbacks as cb, record, resume
+    from tf_fastbat.metrics import GradientAlignmentLogger
+
+    eps = method.eps or config.eval_eps_list(f)[0]
+    validated = classifier if trainer.average is None else trainer.average.model  # checkpointed, reported, exported
     timer = cb.EpochTimer({restored.position.epoch: restored.epoch_seconds})
-    stop = interrupt.StopRequest()
+    backup = resume.StepBackup(state, record.Workdir(f.workdir).backups, epochs=f.epochs, chief=chief,
+                               every_steps=f.backup_every_steps, every_seconds=f.backup_every_seconds,
+                               restored=restored, timer=timer, stop=stop,
+                               agree=resume.Agreement(strategy) if resume.several_workers(strategy) else None)
+    validation = cb.RobustValidation(validated, run_record.checkpoints, val_x, val_y, eps, f.es_attack_step,
+                                     f.es_restarts, f.seed, verbose=chief)
+    alignment = None if val_x is None else GradientAlignmentLogger(classifier, val_x[:512], val_y[:512], eps,
+                                                                   seed=f.seed)
+    return cb.training_callbacks(timer, validation, run_record.training_log, backup, alignment,
+                                 run_record.tensorboard if f.tensorboard else None), timer
 
-    val_x, val_y = validation_arrays(splits, es_examples)
-    callbacks = [
-        timer,
-        cb.NonFiniteLossGuard(),
-        cb.RobustValidation(validated, checkpoint_dir, val_x, val_y, method.eps or eval_eps[0],
-                            f.es_attack_step, f.es_restarts, f.seed, verbose=chief),
-        keras.callbacks.CSVLogger(log_path, append=True),
-        resume.StepBackup(state, backup_dir, epochs=f.epochs, chief=chief, every_steps=f.backup_every_steps,
-                          every_seconds=f.backup_every_seconds, restored=restored, timer=timer, stop=stop,
-                          agree=resume.Agreement(strategy) if resume.several_workers(strategy) else None),
-    ]
-    if val_x is not None:  # before CSVLogger/TensorBoard, so that they record logs["gradient_alignment"] (Fig. 2)
-        callbacks.insert(3, GradientAlignmentLogger(classifier, val_x[:512], val_y[:512],
-                                                    method.eps or eval_eps[0], seed=f.seed))
-    if f.tensorboard:
-        callbacks.insert(len(callbacks) - 2, keras.callbacks.TensorBoard(run_record.tensorboard,
-                                                                         write_graph=False))
-    start = time.perf_counter()
-    with stop.installed():
-        history = resume.fit(trainer, splits.train_from, restored.position, f.epochs, steps_per_epoch, callbacks,
-                             verbose=1 if chief else 0)
-    train_seconds = time.perf_counter() - start
 
-    test_x, test_y = test_arrays(splits, f.eval_num_examples)
-    best_epoch = run_record.best_epoch()
-    results = {}
+def _evaluate(f, run_record, test_x, test_y, chief: bool) -> dict:
+    """PGD test report of the best and last checkpoints (one measurement when the best epoch was the last)."""
+    from tf_fastbat import evaluation, models, record
+
+    best_epoch, results = run_record.best_epoch(), {}
     for name in record.CHECKPOINTS:
         path = run_record.checkpoint(name)
         if name == "last" and best_epoch == f.epochs and "best" in results:
             results["last"] = results["best"]  # the best epoch was the last: the same weights
         elif os.path.exists(path):
             results[name] = evaluation.pgd_report(evaluation.classifier_logits(models.load(path)), test_x, test_y,
-                                                  eval_eps, f.eval_attack_step, f.eval_restarts, f.seed,
-                                                  label=f"{name} checkpoint" if chief else None)
+                                                  config.eval_eps_list(f), f.eval_attack_step, f.eval_restarts,
+                                                  f.seed, label=f"{name} checkpoint" if chief else None)
+    return results
+
+
+def _report(f, method, source, strategy, run_record, results: dict, history: dict, train_seconds: float) -> dict:
+    """report.json's content: the primary (best, else last) checkpoint's figures and the run's facts."""
+    import numpy as np
+
     primary = results.get("best") or results["last"]
     epoch_seconds = history.get("epoch_seconds", [])
-    full = {**primary, "model": "best" if "best" in results else "last", "checkpoints": results,
-            "best_epoch": best_epoch,
+    return {**primary, "model": "best" if "best" in results else "last", "checkpoints": results,
+            "best_epoch": run_record.best_epoch(),
             "method": method.hparams(), "dataset": source.name, "architecture": f.model,
             "width_multiplier": f.width_multiplier, "epochs": f.epochs, "train_seconds": train_seconds,
             "seconds_per_epoch": float(np.median(epoch_seconds)) if epoch_seconds else None,
             "replicas": strategy.num_replicas_in_sync}
-    if chief:
-        write_json_atomic(full, run_record.report)
-        table = report.markdown_table(results)
-        with open(run_record.report_table, "w") as out:
-            out.write(table + "\n")
-        for kind, path in write_plots(run_record, results, best_epoch).items():
-            print(f"wrote {path} ({kind})")
-        print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {workdir}):\n{table}")
-        print(report.reading_guide(source.name, splits.num_train, 0 if val_x is None else len(val_x), len(test_x),
-                                   source.num_classes))
-        if f.export_dir:
-            from tf_fastbat.serving.publish import export_after_training
 
-            exported = export_after_training(workdir, f.export_dir, f.export_model_name, examples=(test_x, test_y))
-            print("\n".join(f"exported {kind}: {path}" for kind, path in exported.items()))
-    return full
+
+def _publish(f, run_record, full: dict, results: dict, source, splits, val_x, test_x, test_y) -> None:
+    """The chief's outputs: report.json and .md, the figures, the printed table and guide, the export."""
+    from tf_fastbat import report
+    from tf_fastbat.checkpoints import write_json_atomic
+
+    write_json_atomic(full, run_record.report)
+    table = report.markdown_table(results)
+    with open(run_record.report_table, "w") as out:
+        out.write(table + "\n")
+    for kind, path in write_plots(run_record, results, full["best_epoch"]).items():
+        print(f"wrote {path} ({kind})")
+    print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {run_record.root}):\n{table}")
+    print(report.reading_guide(source.name, splits.num_train, 0 if val_x is None else len(val_x), len(test_x),
+                               source.num_classes))
+    if f.export_dir:
+        from tf_fastbat.serving.publish import export_after_training
+
+        exported = export_after_training(run_record.root, f.export_dir, f.export_model_name,
+                                         examples=(test_x, test_y))
+        print("\n".join(f"exported {kind}: {path}" for kind, path in exported.items()))
 
 
 def write_plots(run_record, results: dict, best_epoch) -> dict:
@@ -176,28 +215,6 @@ def write_plots(run_record, results: dict, best_epoch) -> dict:
         written["ra_vs_eps"] = run_record.figure("ra_vs_eps")
         plots.robust_accuracy_vs_eps(models, written["ra_vs_eps"])
     return written
-
-
-def validation_arrays(splits, limit: int):
-    """The held-out examples early stopping attacks: in-memory arrays, or the first ES_STREAMED_EXAMPLES (at most
-    `limit`) of a streamed or folder source's held-out stream; (None, None) without a held-out split."""
-    from tf_fastbat.data.test_split import stream_arrays
-
-    if splits.validation_arrays:
-        return splits.validation_arrays
-    if splits.validation is None:
-        return None, None
-    x, y = stream_arrays(splits.validation, min(limit, ES_STREAMED_EXAMPLES), splits.source.image_shape)
-    return (x, y) if len(x) else (None, None)
-
-
-def test_arrays(splits, limit: int):
-    """The first `limit` (all if < 0) test examples the final report attacks."""
-    from tf_fastbat.data.test_split import stream_arrays
-
-    if splits.test_arrays:
-        return tuple(a[:limit] for a in splits.test_arrays) if limit >= 0 else splits.test_arrays
-    return stream_arrays(splits.test, sys.maxsize if limit < 0 else limit, splits.source.image_shape)
 
 
 def main(argv) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable, Optional
 
 import numpy as np
@@ -10,6 +11,8 @@ import tensorflow as tf
 
 from tf_fastbat.data import pipeline
 from tf_fastbat.data.sources import DataError, Source, load
+
+STREAMED_VALIDATION_EXAMPLES = 1000  # held-out examples kept in memory for early stopping on streamed or folder data
 
 
 @dataclasses.dataclass
@@ -28,6 +31,34 @@ class Splits:
     test: tf.data.Dataset
     num_train: int
     train_from: Callable[[int], tf.data.Dataset]
+
+    def steps_per_epoch(self, batch_size: int, replicas: int, cap: Optional[int] = None) -> int:
+        """Global batches per epoch: the last partial one included on one replica, dropped on several (each
+        replica needs a share); at most `cap`."""
+        steps = -(-self.num_train // batch_size)
+        if self.num_train and replicas > 1:
+            steps = self.num_train // batch_size
+        return min(steps, cap) if cap else steps
+
+    def validation_examples(self, limit: int, streamed_limit: int = STREAMED_VALIDATION_EXAMPLES):
+        """The held-out examples early stopping attacks: in-memory arrays, or the first `streamed_limit` (at most
+        `limit`) of a streamed or folder source's held-out stream; (None, None) without a held-out split."""
+        from tf_fastbat.data.test_split import stream_arrays
+
+        if self.validation_arrays:
+            return self.validation_arrays
+        if self.validation is None:
+            return None, None
+        x, y = stream_arrays(self.validation, min(limit, streamed_limit), self.source.image_shape)
+        return (x, y) if len(x) else (None, None)
+
+    def test_examples(self, limit: int):
+        """The first `limit` (all if < 0) test examples, as arrays."""
+        from tf_fastbat.data.test_split import stream_arrays
+
+        if self.test_arrays:
+            return tuple(a[:limit] for a in self.test_arrays) if limit >= 0 else self.test_arrays
+        return stream_arrays(self.test, sys.maxsize if limit < 0 else limit, self.source.image_shape)
 
 
 def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validation_examples: int,
