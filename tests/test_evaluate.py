@@ -386,6 +386,22 @@ def test_a_saved_model_is_evaluated_like_the_keras_model_it_came_from(models_dir
                from_keras["robust_accuracy"]["pgd-5-1"]["2/255"]) <= 1 / 64
 
 
+@pytest.mark.slow
+def test_an_npz_with_only_test_arrays_is_enough_to_evaluate(models_dir, cifar_slice, tmp_path):
+    root, cnn = models_dir
+    n = 24
+    test_only = tmp_path / "test_only.npz"
+    np.savez(test_only, x_test=cifar_slice["x_test"][:n], y_test=cifar_slice["y_test"][:n])
+    output = tmp_path / "out.json"
+    result = run_cli(f"--model={root / 'run1'}", f"--dataset=npz:{test_only}", "--attacks=none", "--plots=false",
+                     "--gradient_alignment=false", f"--output={output}", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    x, y = cifar_slice["x_test"][:n] / 255.0, cifar_slice["y_test"][:n].reshape(-1)
+    expected = float(np.mean(np.argmax(cnn.predict(x, verbose=0), axis=1) == y))
+    saved = json.loads(output.read_text())
+    assert saved["num_examples"] == n and saved["clean_accuracy"] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("model,expected", [("probabilities.keras", "probability distribution"),
                                             ("random_saved", "randomized defense")])
 @pytest.mark.slow
