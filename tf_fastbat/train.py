@@ -150,8 +150,8 @@ def run(f=FLAGS) -> dict:
         for kind, path in write_plots(workdir, log_path, results, best_epoch).items():
             print(f"wrote {path} ({kind})")
         print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {workdir}):\n{table}")
-        print(report.reading_guide(source.name, splits.num_train, 0 if val_x is None else len(val_x), len(test_x),
-                                   source.num_classes))
+        print(report.reading_guide(source.name, splits.num_train, splits.num_held_out, len(test_x),
+                                   source.num_classes, 0 if val_x is None else len(val_x)))
         if f.export_dir:
             from tf_fastbat.serving.publish import export_after_training
 
