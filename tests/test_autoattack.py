@@ -322,6 +322,28 @@ def test_three_classes_warn_and_skip_targeted_dlr():
     assert res.robust_accuracy == res.clean_accuracy
 
 
+def test_an_attack_with_nothing_left_to_attack_says_so_instead_of_a_full_progress_bar():
+    """At eps 0.5 APGD-CE breaks every point of a binary linear model (each one can reach the other class inside
+    the box: closed form), so APGD-T, FAB-T and Square have no work: no progress call, one line saying so."""
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(DIM, 10)).astype(np.float32)
+    w[:, 2:] = -10.0  # classes 2..9 never win: a binary problem between 0 and 1, yet ten outputs
+    b = np.zeros(10, np.float32)
+    b[2:] = -100.0
+    fn = linear_logits_fn(w, b)
+    x = rng.uniform(0.3, 0.7, size=(12,) + SHAPE).astype(np.float32)
+    y = (x.reshape(12, -1) @ w[:, :2]).argmax(axis=1)
+    eps = 0.5
+    assert (robust_margin(w[:, :2], b[:2], x, y, eps) < 0).all()  # every point is breakable
+    calls, lines = [], []
+    result = run_autoattack(fn, x, y, eps, progress=lambda *call: calls.append(call), log=lines.append)
+    assert result.per_attack_robust_accuracy["apgd-ce"] == 0.0 and result.robust_accuracy == 0.0
+    assert {attack for attack, _, _ in calls} == {"apgd-ce"}  # the old code drew "apgd-t: 1/1 (100%)" and the rest
+    assert lines[0].startswith("robust accuracy after APGD-CE: 0.00%")
+    assert lines[1:] == [f"{name}: nothing left to attack (no point is classified correctly any more); robust "
+                         "accuracy 0.00%" for name in ("apgd-t", "fab-t", "square")]
+
+
 def test_versions_follow_the_reference_settings():
     fn = linear_logits_fn(np.zeros((DIM, 10), np.float32), np.zeros(10, np.float32))
     plus, rand = build_attacks(fn, 0.03, "plus", 0), build_attacks(fn, 0.03, "rand", 0)

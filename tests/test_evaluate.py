@@ -252,9 +252,10 @@ def test_a_model_that_outputs_probabilities_or_is_random_is_flagged(binary_probl
 # ----------------------------------------------------------------------------------------------------------------
 # The command line.
 
-def run_cli(*args, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "tf_fastbat.evaluate", *args], cwd=ROOT, env=env,
+def run_cli(*args, timeout=600, cwd=ROOT):
+    """The evaluation tool in a subprocess; from another `cwd` it still imports this checkout's package."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tf_fastbat.evaluate", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -384,6 +385,51 @@ def test_a_saved_model_is_evaluated_like_the_keras_model_it_came_from(models_dir
     assert from_saved["clean_accuracy"] == from_keras["clean_accuracy"]
     assert abs(from_saved["robust_accuracy"]["pgd-5-1"]["2/255"] -
                from_keras["robust_accuracy"]["pgd-5-1"]["2/255"]) <= 1 / 64
+
+
+@pytest.mark.slow
+def test_an_npz_with_only_test_arrays_is_enough_to_evaluate(models_dir, cifar_slice, tmp_path):
+    root, cnn = models_dir
+    n = 24
+    test_only = tmp_path / "test_only.npz"
+    np.savez(test_only, x_test=cifar_slice["x_test"][:n], y_test=cifar_slice["y_test"][:n])
+    output = tmp_path / "out.json"
+    result = run_cli(f"--model={root / 'run1'}", f"--dataset=npz:{test_only}", "--attacks=none", "--plots=false",
+                     "--gradient_alignment=false", f"--output={output}", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    x, y = cifar_slice["x_test"][:n] / 255.0, cifar_slice["y_test"][:n].reshape(-1)
+    expected = float(np.mean(np.argmax(cnn.predict(x, verbose=0), axis=1) == y))
+    saved = json.loads(output.read_text())
+    assert saved["num_examples"] == n and saved["clean_accuracy"] == pytest.approx(expected)
+
+
+def snapshot(folder) -> dict:
+    """Every file under `folder` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_evaluating_an_export_writes_nothing_into_it(models_dir, tmp_path):
+    """A TF Serving model directory (exports/NAME/VERSION) is served as it is: the report, table and PNGs go to
+    runs/evaluate/<name>/ under the current directory (they went beside the model, into exports/, before)."""
+    import shutil
+
+    root, _ = models_dir
+    exports = tmp_path / "exports"
+    shutil.copytree(root / "cnn_saved", exports / "tiny" / "1")
+    before = snapshot(exports)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli(f"--model={exports / 'tiny'}", f"--dataset=npz:{SHARED_SLICE}", "--num_examples=8",
+                     "--attacks=pgd", "--pgd_steps=1", "--pgd_restarts=1", "--gradient_alignment=false",
+                     timeout=300, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert snapshot(exports) == before
+    out = work / "runs" / "evaluate" / "tiny"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["evaluation-tiny.json", "evaluation-tiny.md", "evaluation-tiny-ra_vs_eps.png",
+         "evaluation-tiny-loss_landscape.png"])
+    assert (out / "evaluation-tiny-ra_vs_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("model,expected", [("probabilities.keras", "probability distribution"),

@@ -64,6 +64,8 @@ def test_short_fast_bat_run_writes_checkpoints_log_and_report(tmp_path):
     for name in ("best.keras", "last.keras", "best.json"):
         assert (tmp_path / "checkpoints" / name).exists()
     assert "chance level 10% (10 classes)" in result.stdout  # the reading guide beside the results table
+    # 2,000 bundled images, 10% held out; early stopping attacks --es_num_examples=32 of the 200
+    assert "Trained on 1,800 images (200 more held out, of which early stopping attacked the first 32)" in result.stdout
     for figure in ("training_curves.png", "ra_vs_eps.png"):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(tmp_path / "training_log.csv")))

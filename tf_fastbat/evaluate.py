@@ -44,8 +44,12 @@ def read_config(artifact: Artifact) -> Dict:
     return artifacts.recorded_settings(artifact)
 
 
+EXPORT_OUTPUTS = os.path.join("runs", "evaluate")  # under the current directory: <name>/ per evaluated export
+
+
 def output_paths(artifact: Artifact, output: Optional[str], workdir: Optional[str]) -> Dict[str, str]:
-    """Where the report, table and plots go: --output's stem, else next to the model (or in --workdir)."""
+    """Where the report, table and plots go: --output's stem, else --workdir, else next to a .keras model (in its
+    training workdir), else runs/evaluate/<name>/ for a SavedModel: never into an export, which TF Serving serves."""
     if output:
         stem = output[:-len(".json")] if output.endswith(".json") else output
         report_path = output
@@ -59,7 +63,7 @@ def output_paths(artifact: Artifact, output: Optional[str], workdir: Optional[st
         elif artifact.kind == "keras":
             folder = os.path.dirname(os.path.abspath(artifact.file))
         else:
-            folder = os.path.dirname(os.path.abspath(os.path.normpath(artifact.path)))
+            folder = os.path.abspath(os.path.join(EXPORT_OUTPUTS, artifact.label))
         in_own_workdir = artifact.workdir and os.path.abspath(folder) == os.path.abspath(artifact.workdir)
         stem = os.path.join(folder, "evaluation" if in_own_workdir else f"evaluation-{artifact.label}")
         report_path = stem + ".json"
@@ -155,8 +159,9 @@ def define_flags() -> None:
     flags.DEFINE_boolean("plots", True, "Write the PNG plots.")
     flags.DEFINE_list("compare", [], "Other report JSONs shown beside this model in the table and RA plot.")
     cli.validator("compare", lambda paths: read_compare(paths) is not None)
-    flags.DEFINE_string("output", None, "Report JSON path; the table and plots take its stem (default: next to the "
-                        "model, or in --workdir).")
+    flags.DEFINE_string("output", None, "Report JSON path; the table and plots take its stem (default: in --workdir, "
+                        "else the training workdir or beside the .keras file; for a SavedModel runs/evaluate/<name>/ "
+                        "in the current directory, never inside the export).")
     flags.DEFINE_string("workdir", None, "Folder for the outputs when --output is not given.")
     flags.register_multi_flags_validator(["attacks", "surrogate"], _check_surrogate)
 
@@ -232,6 +237,7 @@ def run(f=FLAGS) -> Dict:
               "examples": f"the first {len(x)} test examples", **result, "tf_fastbat_version": __version__}
     if surrogate:
         result["surrogate"] = os.path.abspath(surrogate.path)
+    os.makedirs(os.path.dirname(os.path.abspath(paths["report"])), exist_ok=True)
     if f.plots:
         result["plots"] = write_plots(paths, artifact.label, result, compare, artifact, logits_fn, x, y, eps_list,
                                       f.seed)

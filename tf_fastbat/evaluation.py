@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from tf_fastbat import report
+from tf_fastbat import report, units
 from tf_fastbat.artifacts import Artifact
 from tf_fastbat.attacks.base import Attack, LogitsFn, Progress, build
 from tf_fastbat.errors import UsageError, one_line
@@ -97,16 +97,54 @@ def model_warnings(logits_fn: LogitsFn, x, y, batch_size: int = 256) -> List[str
     return [m for m in found if m]
 
 
+def as_arrays(x, y=None) -> Tuple[np.ndarray, np.ndarray]:
+    """Test data as (float32 images, int64 labels): arrays `x`, `y`, or a tf.data.Dataset `x` of (images, labels)
+    batches (or single examples) with `y` None, read into memory. Images outside [0, 1] and labels that do not match
+    the images are refused with one line."""
+    import tensorflow as tf
+
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise UsageError("y: a tf.data.Dataset carries its labels in its (images, labels) elements; pass y=None")
+        x, y = _dataset_arrays(x)
+    elif y is None:
+        raise UsageError("y: the labels are missing (pass arrays x and y, or a tf.data.Dataset of (images, labels))")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(y) != len(x):
+        raise UsageError(f"y: {len(y)} labels for {len(x)} images")
+    units.check_images(x, "x")
+    return x, y
+
+
+def _dataset_arrays(dataset) -> Tuple[np.ndarray, np.ndarray]:
+    """A dataset of (images, labels) batches or examples, concatenated."""
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        raise UsageError(f"x: a tf.data.Dataset for evaluation yields (images, labels); this one yields {spec}")
+    if spec[0].shape.rank == 3:  # single examples
+        dataset = dataset.batch(256)
+    xs, ys = [], []
+    for element in dataset:
+        xs.append(np.asarray(element[0], np.float32))
+        ys.append(np.asarray(element[1]).reshape(-1))
+    if not xs:
+        return np.zeros((0, *spec[0].shape[-3:]), np.float32), np.zeros([0], np.int64)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def robustness(logits_fn: LogitsFn, x, y, eps_list: Sequence[float], attacks: Sequence[Attack],
                batch_size: int = 256, progress: Optional[Callable[[str], Progress]] = None,
                log: Optional[Callable[[str], None]] = None, clock: Clock = time.perf_counter) -> Dict:
-    """Clean accuracy and every attack's robust accuracy at every eps (fractions of 1), in the report's format.
+    """Clean accuracy and every attack's robust accuracy at every eps (fractions of 1, 0 for clean accuracy), in
+    the report's format. `x`, `y`: arrays of [0, 1] images and labels, or a tf.data.Dataset `x` of (images, labels)
+    batches with `y` None (see `as_arrays`).
 
     `progress(title)` gives each (attack, eps) run its progress callback, made as the run starts; `log` gets one line
     per finished run (its robust accuracy and the seconds it took by `clock`).
     """
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y).astype(np.int64).reshape(-1)
+    eps_list = units.fraction_list("eps", eps_list)
+    x, y = as_arrays(x, y)
     n, begin = len(x), clock()
     clean = float(np.mean(predictions(logits_fn, x, batch_size) == y)) if n else 0.0
     robust: Dict[str, Dict[str, float]] = {a.name: {} for a in attacks}
@@ -163,13 +201,14 @@ def evaluate_model(logits_fn: LogitsFn, x, y, eps_list: Sequence[float], attacks
                    settings: Optional[Settings] = None, surrogate_fn: Optional[LogitsFn] = None,
                    alignment: bool = True, verbose: bool = False) -> Dict:
     """`robustness` plus the model checks' warnings, AutoAttack's details and the gradient alignment at each eps
-    (fractions of 1); `attacks` are Attack objects or --attacks names built from `settings`."""
+    (fractions of 1); `attacks` are Attack objects or --attacks names built from `settings`. `x`, `y` as in
+    `robustness`: arrays, or a tf.data.Dataset of (images, labels) with `y` None."""
     from tf_fastbat import metrics
 
+    eps_list = units.fraction_list("eps", eps_list)
+    x, y = as_arrays(x, y)
     settings = settings or Settings()
     attacks = build_attacks(attacks, settings, surrogate_fn)
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y).astype(np.int64).reshape(-1)
     begin = time.perf_counter()
     warnings = model_warnings(logits_fn, x, y, settings.batch_size) if len(x) else []
     for message in warnings:

@@ -8,8 +8,7 @@ from typing import List, Optional, Sequence
 from absl import flags
 
 from tf_fastbat.errors import UsageError
-
-UNIT = 255.0
+from tf_fastbat.units import UNIT
 
 
 def to_fraction(flag: str, value: Optional[float], *, maximum: Optional[float] = None,

@@ -62,10 +62,18 @@ def markdown_table(rows: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
-def reading_guide(dataset: str, num_train: int, num_held_out: int, num_test: int, num_classes: int) -> str:
-    """What the results table's numbers mean: the data they come from, the chance level, the full-scale figure."""
-    lines = [f"Trained on {num_train:,} images ({num_held_out:,} more held out for early stopping), tested on "
-             f"{num_test:,}; chance level {100 / num_classes:.0f}% ({num_classes} classes)."]
+def reading_guide(dataset: str, num_train: int, num_held_out: int, num_test: int, num_classes: int,
+                  num_early_stopping: Optional[int] = None) -> str:
+    """What the results table's numbers mean: the data they come from, the chance level, the full-scale figure.
+
+    `num_held_out` training examples were held out; early stopping attacked `num_early_stopping` of them (all if
+    None).
+    """
+    held_out = f"{num_held_out:,} more held out for early stopping"
+    if num_early_stopping is not None and num_early_stopping < num_held_out:
+        held_out = f"{num_held_out:,} more held out, of which early stopping attacked the first {num_early_stopping:,}"
+    lines = [f"Trained on {num_train:,} images ({held_out}), tested on {num_test:,}; chance level "
+             f"{100 / num_classes:.0f}% ({num_classes} classes)."]
     if dataset in FULL_SCALE:
         lines.append("These are small-data figures. " + FULL_SCALE[dataset])
     return "\n".join(lines)

@@ -190,8 +190,8 @@ def _publish(f, run_record, full: dict, results: dict, source, splits, val_x, te
     for kind, path in write_plots(run_record, results, full["best_epoch"]).items():
         print(f"wrote {path} ({kind})")
     print(f"\nResults on {len(test_x)} test examples of {source.name} (workdir {run_record.root}):\n{table}")
-    print(report.reading_guide(source.name, splits.num_train, 0 if val_x is None else len(val_x), len(test_x),
-                               source.num_classes))
+    print(report.reading_guide(source.name, splits.num_train, splits.num_held_out, len(test_x),
+                               source.num_classes, 0 if val_x is None else len(val_x)))
     if f.export_dir:
         from tf_fastbat.serving.publish import export_after_training
 

@@ -6,8 +6,10 @@ import inspect
 from typing import Optional, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from tf_fastbat import units
 from tf_fastbat.methods import Method
 from tf_fastbat.methods import state as method_state
 from tf_fastbat.methods.global_batch import layout, uniform_slice
@@ -60,6 +62,7 @@ class AdversarialTrainer(keras.Model):
     def __init__(self, classifier: keras.Model, method: Method, seed: int = 0, num_examples: Optional[int] = None,
                  steps_per_epoch: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
+        method.check_units()
         self.classifier = classifier
         self.method = method
         self.seed = int(seed)
@@ -93,6 +96,15 @@ class AdversarialTrainer(keras.Model):
 
     def call(self, x, training=False):
         return self.classifier(x, training=training)
+
+    def fit(self, x=None, *args, **kwargs):
+        """Keras `fit`, after refusing images outside [0, 1] at the start of training (optimizer step 0): all of `x`
+        for arrays, the first batch of a tf.data.Dataset or PyDataset (read once more for the check)."""
+        if self.optimizer is not None and int(self.optimizer.iterations.numpy()) == 0:
+            images = first_images(x)
+            if images is not None:
+                units.check_images(images, "training images", units.rescaling_layer(self.classifier))
+        return super().fit(x, *args, **kwargs)
 
     @property
     def metrics(self):
@@ -152,6 +164,21 @@ class AdversarialTrainer(keras.Model):
         if not multi_worker:
             return logs
         return {name: tf.reshape(tf.cast(value, tf.float32), [1]) for name, value in logs.items()}
+
+
+def first_images(data) -> Optional[np.ndarray]:
+    """The images `fit` trains on first: an array's all, a tf.data.Dataset's or PyDataset's first batch; None for
+    other inputs (generators, distributed datasets), which are not looked at."""
+    if isinstance(data, tf.data.Dataset):
+        for element in data.take(1):
+            return np.asarray(element[0] if isinstance(element, (tuple, list)) else element)
+        return None
+    if isinstance(data, keras.utils.PyDataset):
+        element = data[0]
+        return np.asarray(element[0] if isinstance(element, (tuple, list)) else element)
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        return np.asarray(data)
+    return None
 
 
 def sgd(learning_rate, momentum, weight_decay: float, mixed_precision: str = "float32") -> keras.optimizers.Optimizer:

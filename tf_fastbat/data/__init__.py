@@ -31,6 +31,7 @@ class Splits:
     test: tf.data.Dataset
     num_train: int
     train_from: Callable[[int], tf.data.Dataset]
+    num_held_out: int = 0  # training examples held out for early stopping (it attacks at most --es_num_examples)
 
     def steps_per_epoch(self, batch_size: int, replicas: int, cap: Optional[int] = None) -> int:
         """Global batches per epoch: the last partial one included on one replica, dropped on several (each
@@ -71,6 +72,7 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
         if len(x_train) < batch_size:
             raise DataError(f"--batch_size={batch_size} exceeds the {len(x_train)} training examples of "
                             f"{source.name}")
+        num_held_out = len(x_val)
         x_val, y_val = x_val[:validation_examples], y_val[:validation_examples]
 
         def train_from(start: int) -> tf.data.Dataset:
@@ -81,7 +83,8 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
         test = pipeline.array_dataset(source.x_test, source.y_test, batch_size, training=False, seed=seed)
         val_arrays = (x_val.astype(np.float32) / 255.0, y_val) if len(x_val) else None
         test_arrays = (source.x_test.astype(np.float32) / 255.0, source.y_test)
-        return Splits(source, train, validation, val_arrays, test_arrays, test, len(x_train), train_from)
+        return Splits(source, train, validation, val_arrays, test_arrays, test, len(x_train), train_from,
+                      num_held_out)
     size = source.image_shape[0]
     if source.train_files is not None:
         order = np.random.default_rng(seed).permutation(len(source.train_files))
@@ -99,7 +102,7 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
                                            seed=seed) if len(val_idx) else None
         test = pipeline.file_dataset(source.test_files, source.test_labels, batch_size, size, training=False,
                                      seed=seed)
-        return Splits(source, train, validation, None, None, test, len(train_idx), train_from)
+        return Splits(source, train, validation, None, None, test, len(train_idx), train_from, held_out)
     # Streamed TFDS (ImageNet): its validation split is the test set; hold out the training tail for early stopping.
     if with_index:
         raise DataError(f"{source.name} is streamed from TFDS in a shuffled order without example positions; a "
@@ -110,8 +113,9 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
     validation = pipeline.tfds_stream(source.name, f"train[{percent}%:]", data_dir, batch_size, size,
                                       training=False, seed=seed).take(max(1, validation_examples // batch_size))
     test = pipeline.tfds_stream(source.name, "validation", data_dir, batch_size, size, training=False, seed=seed)
-    return Splits(source, train, validation, None, None, test, int(1_281_167 * (1 - val_ratio)),
-                  lambda start: train.repeat().skip(start))
+    num_train = int(1_281_167 * (1 - val_ratio))
+    return Splits(source, train, validation, None, None, test, num_train, lambda start: train.repeat().skip(start),
+                  1_281_167 - num_train)
 
 
 __all__ = ["load", "splits", "Splits", "Source", "DataError"]

@@ -53,7 +53,8 @@ class Source:
 
     @property
     def in_memory(self) -> bool:
-        return self.x_train is not None
+        """Arrays in memory (a test-only npz has no training arrays)."""
+        return self.x_test is not None
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> None:
@@ -69,22 +70,31 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> None:
         raise DataError(f"{where}: negative label {y.min()}")
 
 
-def load_npz(path: str) -> Source:
-    """An npz with x_train, y_train, x_test, y_test (uint8 NHWC images, integer labels)."""
+TRAIN_KEYS, TEST_KEYS = ("x_train", "y_train"), ("x_test", "y_test")
+
+
+def load_npz(path: str, test_only: bool = False) -> Source:
+    """An npz with x_train, y_train, x_test, y_test (uint8 NHWC images, integer labels); with `test_only` (what
+    evaluation needs) x_test and y_test are enough, and the training arrays are not read."""
     if not os.path.isfile(path):
         raise DataError(f"--dataset=npz:{path}: file not found")
+    wanted = TEST_KEYS if test_only else TRAIN_KEYS + TEST_KEYS
     try:
         with np.load(path) as archive:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+            missing = set(wanted) - set(archive.files)
             if missing:
-                raise DataError(f"--dataset=npz:{path}: missing keys {', '.join(sorted(missing))}")
-            arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+                need = "evaluation needs x_test and y_test" if test_only else \
+                    "training needs x_train, y_train, x_test and y_test; evaluation only x_test and y_test"
+                raise DataError(f"--dataset=npz:{path}: missing keys {', '.join(sorted(missing))} ({need})")
+            arrays = {k: archive[k] for k in wanted}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
         if isinstance(error, DataError):
             raise
         raise DataError(f"--dataset=npz:{path}: not a readable npz file ({error})") from error
-    _check_arrays(arrays["x_train"], arrays["y_train"], f"{path} (train)")
     _check_arrays(arrays["x_test"], arrays["y_test"], f"{path} (test)")
+    if test_only:
+        return _npz_source(path, arrays["x_test"], arrays["y_test"], None, None, arrays["x_test"], arrays["y_test"])
+    _check_arrays(arrays["x_train"], arrays["y_train"], f"{path} (train)")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{path}: train images {arrays['x_train'].shape[1:]} and test images "
                         f"{arrays['x_test'].shape[1:]} differ in shape")
@@ -92,15 +102,21 @@ def load_npz(path: str) -> Source:
     if arrays["y_test"].max() >= num_classes:
         raise DataError(f"{path}: test label {arrays['y_test'].max()} is out of range (training labels are "
                         f"0..{num_classes - 1})")
-    x_train = arrays["x_train"]
-    pixels = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64) / 255.0
+    return _npz_source(path, arrays["x_train"], arrays["y_train"], arrays["x_train"], arrays["y_train"],
+                       arrays["x_test"], arrays["y_test"])
+
+
+def _npz_source(path: str, x_stats: np.ndarray, y_classes: np.ndarray, x_train, y_train, x_test, y_test) -> Source:
+    """A Source of npz arrays: classes counted on `y_classes`, mean and std measured on `x_stats`."""
+    num_classes = int(y_classes.max()) + 1 if len(y_classes) else 0
+    pixels = x_stats.reshape(-1, x_stats.shape[-1]).astype(np.float64) / 255.0
     mean, std = tuple(pixels.mean(0)), tuple(pixels.std(0) + 1e-8)
-    class_names = CIFAR10_CLASSES if num_classes == 10 and x_train.shape[1:] == (32, 32, 3) else tuple(
+    class_names = CIFAR10_CLASSES if num_classes == 10 and x_stats.shape[1:] == (32, 32, 3) else tuple(
         str(i) for i in range(num_classes))
     return Source(name=f"npz:{path}", num_classes=num_classes, class_names=class_names,
-                  image_shape=tuple(x_train.shape[1:]), mean=mean, std=std,
-                  x_train=x_train, y_train=arrays["y_train"].astype(np.int64),
-                  x_test=arrays["x_test"], y_test=arrays["y_test"].astype(np.int64))
+                  image_shape=tuple(x_stats.shape[1:]), mean=mean, std=std,
+                  x_train=x_train, y_train=None if y_train is None else y_train.astype(np.int64),
+                  x_test=x_test, y_test=y_test.astype(np.int64))
 
 
 def load_tfds(name: str, data_dir: Optional[str], manual_dir: Optional[str], image_size: int = 224) -> Source:
@@ -178,12 +194,14 @@ def bundled_path(name: str) -> str:
     return str(importlib.resources.files("tf_fastbat.data").joinpath(BUNDLED[name]))
 
 
-def load(spec: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None, image_size: int = 224) -> Source:
-    """Resolve a --dataset value: a TFDS name, npz:PATH, folder:PATH or bundled:NAME (bundled:cifar10_slice)."""
+def load(spec: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None, image_size: int = 224,
+         test_only: bool = False) -> Source:
+    """Resolve a --dataset value: a TFDS name, npz:PATH, folder:PATH or bundled:NAME (bundled:cifar10_slice); with
+    `test_only` an npz needs only its test arrays."""
     if spec.startswith("bundled:"):
-        return dataclasses.replace(load_npz(bundled_path(spec[len("bundled:"):])), name=spec)
+        return dataclasses.replace(load_npz(bundled_path(spec[len("bundled:"):]), test_only), name=spec)
     if spec.startswith("npz:"):
-        return load_npz(spec[len("npz:"):])
+        return load_npz(spec[len("npz:"):], test_only)
     if spec.startswith("folder:"):
         return load_folder(spec[len("folder:"):], image_size)
     return load_tfds(spec, data_dir, manual_dir, image_size)

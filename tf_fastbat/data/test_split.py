@@ -17,7 +17,7 @@ def test_arrays(dataset: str, num_examples: int = -1, data_dir: Optional[str] = 
                 batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
     """The first `num_examples` (all if < 0) test examples: ([0, 1] float32 NHWC images, int64 labels)."""
     limit = sys.maxsize if num_examples < 0 else num_examples
-    source = load(dataset, data_dir, manual_dir, image_size)
+    source = load(dataset, data_dir, manual_dir, image_size, test_only=True)
     if source.in_memory:
         return source.x_test[:limit].astype(np.float32) / 255.0, source.y_test[:limit].astype(np.int64)
     if source.test_files is not None:

@@ -21,7 +21,8 @@ NAMES = tuple(REGISTRY)
 
 
 def build(name: str, **hparams) -> Method:
-    """The method `name` with the given hyperparameters (eps and step sizes as fractions of 1); others are refused."""
+    """The method `name` with the given hyperparameters (eps and step sizes as fractions of 1, in (0, 1]); others,
+    and eps=8-style values, are refused."""
     if name not in REGISTRY:
         raise ValueError(f"unknown --method {name!r}; choose one of {', '.join(NAMES)}")
     cls = REGISTRY[name]
@@ -31,7 +32,9 @@ def build(name: str, **hparams) -> Method:
         raise ValueError(f"--method={name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
     if hparams.get("label_smoothing") and not cls.smoothed_losses:
         raise ValueError(f"--method={name} does not apply --label_smoothing (methods.base.Method.smoothed_losses)")
-    return cls(**hparams)
+    method = cls(**hparams)
+    method.check_units()  # also for a method whose own __post_init__ does not run Method's
+    return method
 
 
 __all__ = ["build", "Method", "NAMES", "REGISTRY"]

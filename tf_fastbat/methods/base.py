@@ -7,6 +7,8 @@ from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
+from tf_fastbat import units
+
 StateSpec = Dict[str, Tuple[Tuple[int, ...], tf.DType]]
 
 
@@ -48,6 +50,20 @@ class Method:
     # Where label smoothing applies: "training" (the loss the weights descend) and "attack" (the attack's loss),
     # as FastAT_Benchmark applies its criterion per method; a method that names neither refuses label_smoothing > 0.
     smoothed_losses: ClassVar[Tuple[str, ...]] = ()
+    # Fields in fractions of the [0, 1] pixel range, in (0, 1] (None: the official default): checked at
+    # construction, so that eps=8 is refused rather than trained with. Fast-BAT's non-sign step is not one.
+    fraction_fields: ClassVar[Tuple[str, ...]] = ("eps", "attack_lr", "noise_magnitude", "init_magnitude")
+    eps_may_be_zero: ClassVar[bool] = False  # True for a method that does not attack (standard)
+
+    def __post_init__(self):
+        self.check_units()
+
+    def check_units(self) -> None:
+        """A one-line UsageError naming the first field that is not a fraction of the [0, 1] pixel range."""
+        for field in dataclasses.fields(self):
+            if field.name in self.fraction_fields:
+                units.fraction(field.name, getattr(self, field.name),
+                               zero_ok=field.name == "eps" and self.eps_may_be_zero)
 
     def smoothing(self, loss: str) -> float:
         """The label smoothing of `loss` ("training" or "attack"): label_smoothing where the method applies it."""

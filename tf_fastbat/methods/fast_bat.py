@@ -39,8 +39,10 @@ class FastBAT(Method):
 
     name = "fast_bat"
     smoothed_losses = ("training",)  # the upper-level loss at delta* (not in FastAT_Benchmark; like its PGD-AT)
+    fraction_fields = ("eps",)  # attack_lr is the non-sign step a (official 5000/255), not a pixel fraction
 
     def __post_init__(self):
+        super().__post_init__()
         if self.linearization not in LINEARIZATIONS:
             raise ValueError(f"--linearization must be one of {', '.join(LINEARIZATIONS)}, got {self.linearization!r}")
         if self.lmbda < 0:

@@ -91,6 +91,7 @@ class LIET(Method):
             self.li_update if self.li_update is not None else 10 if large else 20)
 
     def __post_init__(self):
+        super().__post_init__()
         lam, smoothing, (low, high), li_update = self.settings()
         if not (0.0 <= low <= high <= 1.0) or not 0.0 <= smoothing < 1.0 or li_update < 1 or lam < 0:
             raise ValueError(f"liet: need 0 <= r_min <= r_max <= 1, 0 <= s < 1, li_update >= 1 and lambda >= 0; got "

@@ -126,9 +126,16 @@ def run_autoattack(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, eps: float
     for name in attacks:
         start = time.perf_counter()
         index = np.flatnonzero(robust)
-        if n_classes < _MIN_CLASSES.get(name, 2):
+        skipped = n_classes < _MIN_CLASSES.get(name, 2)
+        if skipped:
             found_warnings.append(f"{name} skipped: it needs at least {_MIN_CLASSES[name]} classes")
-            index = index[:0]
+        if skipped or not len(index):  # no progress bar for work that is not there
+            per_attack[name], masks[name], seconds[name] = float(robust.mean()), robust.copy(), 0.0
+            if log is not None:
+                log(f"{name}: skipped (it needs at least {_MIN_CLASSES[name]} classes)" if skipped else
+                    f"{name}: nothing left to attack (no point is classified correctly any more); robust accuracy "
+                    f"{per_attack[name]:.2%}")
+            continue
         meter = AttackProgress(progress, name, attack_objects[name].work(len(index), n_classes))
         n_zero = 0
         parts = list(batches(len(index), batch_size))
