@@ -339,8 +339,8 @@ def check_packaged_model(tmp_path, monkeypatch, output, report, extra):
     artifact = artifacts.resolve("pretrained:tiny_fast_at")
     assert (artifact.kind, artifact.checkpoint, artifact.label) == ("keras", "pretrained", "tiny_fast_at")
     assert evaluate.read_config(artifact)["dataset"] == "cifar10"
-    assert evaluate.output_paths(artifact, None, None)["report"] == os.path.join(os.getcwd(),
-                                                                                 "evaluation-tiny_fast_at.json")
+    assert evaluate.output_paths(artifact, None, None)["report"] == os.path.join(
+        os.getcwd(), "runs", "evaluate", "tiny_fast_at", "evaluation-tiny_fast_at.json")
     with pytest.raises(UsageError, match="^--checkpoint=pretrained:nope: no such pretrained model; shipped: "
                                          "pretrained:tiny_fast_at$"):
         artifacts.resolve("pretrained:nope", "checkpoint")

@@ -44,12 +44,13 @@ def read_config(artifact: Artifact) -> Dict:
     return artifacts.recorded_settings(artifact)
 
 
-EXPORT_OUTPUTS = os.path.join("runs", "evaluate")  # under the current directory: <name>/ per evaluated export
+EXPORT_OUTPUTS = os.path.join("runs", "evaluate")  # under the current directory: <name>/ per export or shipped model
 
 
 def output_paths(artifact: Artifact, output: Optional[str], workdir: Optional[str]) -> Dict[str, str]:
     """Where the report, table and plots go: --output's stem, else --workdir, else next to a .keras model (in its
-    training workdir), else runs/evaluate/<name>/ for a SavedModel: never into an export, which TF Serving serves."""
+    training workdir), else runs/evaluate/<name>/ for a SavedModel or a shipped model: never into an export, which
+    TF Serving serves, nor into the installed package."""
     if output:
         stem = output[:-len(".json")] if output.endswith(".json") else output
         report_path = output
@@ -58,9 +59,7 @@ def output_paths(artifact: Artifact, output: Optional[str], workdir: Optional[st
             folder = workdir
         elif artifact.workdir and os.path.abspath(artifact.path) == os.path.abspath(artifact.workdir):
             folder = artifact.workdir
-        elif artifact.checkpoint == "pretrained":
-            folder = os.getcwd()  # never into the installed package
-        elif artifact.kind == "keras":
+        elif artifact.kind == "keras" and artifact.checkpoint != "pretrained":  # never into the installed package
             folder = os.path.dirname(os.path.abspath(artifact.file))
         else:
             folder = os.path.abspath(os.path.join(EXPORT_OUTPUTS, artifact.label))
