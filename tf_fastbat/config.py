@@ -65,7 +65,8 @@ def define_method_flags() -> None:
     flagtypes.DEFINE_eps("eps", 8, "Training eps, in 1/255 units (8 means 8/255).")
     flagtypes.DEFINE_eps("attack_lr", None, "Attack step in 1/255 units; default: the official rule per method "
                          "(fast_bat 5000 for eps <= 8 else 2000; fast_at 1.25 eps; pgd 0.5 eps for 2 steps, "
-                         "otherwise 2; nu_at, elle_a and fgsm_pgi eps).", maximum=None)
+                         "otherwise 2; nu_at and elle_a eps; fgsm_pgi 8 at every eps, FGSM_MEP.py's --alpha, which "
+                         "also sets its reset corners; FastAT_Benchmark's fgsm_pgi.py steps by eps).", maximum=None)
     _require(["method", "eps"], lambda v: v["method"] == "standard" or v["eps"] > 0,
              "--eps=0 leaves --method={method} nothing to attack; use --method=standard")
     _require(["method", "attack_lr"], lambda v: v["attack_lr"] is None or v["method"] not in ("standard", "liet"),
@@ -89,7 +90,7 @@ def define_method_flags() -> None:
 
 
 def define_fgsm_pgi_flags() -> None:
-    """FGSM-PGI's hyperparameters (official FGSM_MEP.py defaults; --attack_lr default: eps)."""
+    """FGSM-PGI's hyperparameters (official FGSM_MEP.py defaults; --attack_lr default: 8, its --alpha)."""
     flags.DEFINE_float("pgi_lamda", 10.0, "FGSM-PGI weight of the prior-guided regularizer, the MSE between the "
                        "logits at the adversarial and at the initialization point (official --lamda 10).")
     validator("pgi_lamda", lambda v: v >= 0, lambda v: f"--pgi_lamda={v}: must be >= 0")
