@@ -48,6 +48,9 @@ class Method:
     # Where label smoothing applies: "training" (the loss the weights descend) and "attack" (the attack's loss),
     # as FastAT_Benchmark applies its criterion per method; a method that names neither refuses label_smoothing > 0.
     smoothed_losses: ClassVar[Tuple[str, ...]] = ()
+    # Optimizer steps the trainer takes per batch with the method's gradient (torch's optimizer.step() called that many
+    # times without zero_grad; see optim.CoupledSGD); a method whose official trainer does so makes it a field.
+    optimizer_steps_per_batch: ClassVar[int] = 1
 
     def smoothing(self, loss: str) -> float:
         """The label smoothing of `loss` ("training" or "attack"): label_smoothing where the method applies it."""
