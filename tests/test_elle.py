@@ -188,6 +188,91 @@ def test_gradient_and_batch_norm_averages_equal_the_official_step(variant, real_
         np.testing.assert_allclose(variance, expected_variance, rtol=1e-5, atol=1e-6)
 
 
+# ---- the official trainer's two optimizer steps per batch -------------------------------------------------------
+
+def official_optimizer_loop(batches, order):
+    """Trainer.train's optimizer calls with torch itself: SGD(lr 0.2, momentum 0.9, weight_decay 5e-4) under the
+    'GradAlign' scheduler, CyclicLR(base_lr 0, max_lr 0.2, 3 steps up, 3 down; cycle_momentum by default), on the
+    tiny model's parameters; each batch's gradient is Trainer.loss's (official_loss, lambda by the onoff rule).
+    `order` lists the calls per batch: the official ("step", "scheduler", "step"); ("step", "scheduler") is one step;
+    ("step", "step", "scheduler") would be both steps at the batch's own learning rate. Returns the model after each
+    batch (weights and BatchNorm averages)."""
+    import torch
+
+    model = tiny_model()
+    parameters = [torch.nn.Parameter(torch.tensor(v.numpy())) for v in model.trainable_variables]
+    sgd = torch.optim.SGD(parameters, lr=0.2, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.CyclicLR(sgd, base_lr=0.0, max_lr=0.2, step_size_up=3, step_size_down=3)
+    elle_values, lin_reg, snapshots = [], 0.0, []
+    for t, (x, y) in enumerate(batches):
+        grads, lin_err, _ = official_loss(model, x, y, tf.zeros_like(x), triplet_draws(t), lin_reg)
+        lin_reg = official_onoff(elle_values, lin_reg, lin_err, 4000.0)
+        for parameter, gradient in zip(parameters, grads):
+            parameter.grad = torch.tensor(gradient.numpy())  # loss.backward(); no zero_grad between the steps
+        for call in order:
+            sgd.step() if call == "step" else scheduler.step()
+        for variable, parameter in zip(model.trainable_variables, parameters):
+            variable.assign(parameter.detach().numpy())
+        snapshots.append([v.numpy().copy() for v in model.weights])
+    return snapshots
+
+
+@pytest.mark.parametrize("steps", [2, 1])
+def test_optimizer_steps_per_batch_equal_torch_in_the_official_order(steps, cifar_slice):
+    """Three batches through the trainer with the cyclic schedule and cycled momentum: after every batch the weights
+    (and BatchNorm averages) equal torch's SGD stepped as ELLE's Trainer.train steps it: optimizer.step(),
+    scheduler.step(), optimizer.step() with the same gradient, the second step at the next learning rate and momentum
+    and with the weight decay of the updated weights (steps=2, the default); one step with --elle_optimizer_steps=1.
+    The other orders end measurably elsewhere (at batch 0 the learning rate is 0: only a second step at the next
+    rate moves the weights)."""
+    from tf_fastbat import methods, optim
+    from tf_fastbat.trainer import assemble, sgd
+
+    x_all = tf.constant(cifar_slice["x_train"][:3 * BATCH].astype(np.float32) / 255.0)
+    y_all = tf.constant(cifar_slice["y_train"][:3 * BATCH].astype(np.int32))
+    batches = [(x_all[i * BATCH:(i + 1) * BATCH], y_all[i * BATCH:(i + 1) * BATCH]) for i in range(3)]
+    hparams = {} if steps == 2 else {"optimizer_steps_per_batch": 1}
+    method = methods.build("elle_a", eps=EPS8, seed=SEED, **hparams)
+    assert method.optimizer_steps_per_batch == steps
+    schedule = dict(epochs=2, steps_per_epoch=3)  # CyclicLR(0, 0.2, 3 up, 3 down), as the reference's
+    lr = optim.schedule("cyclic", lr_max=0.2, **schedule)
+    momentum = optim.momentum_schedule("cyclic", momentum=0.9, cycle_momentum=True, base_momentum=0.8, **schedule)
+    trainer = assemble(tiny_model(), method, sgd(lr, momentum, 5e-4), seed=SEED, num_examples=3 * BATCH,
+                       steps_per_epoch=3)
+    orders = {"official": ("step", "scheduler", "step"), "one": ("step", "scheduler"),
+              "same_lr": ("step", "step", "scheduler")}
+    references = {name: official_optimizer_loop(batches, order) for name, order in orders.items()}
+    target = "official" if steps == 2 else "one"
+    expected = references[target]
+    initial = np.concatenate([v.numpy().ravel() for v in trainer.classifier.trainable_variables])
+
+    for t, (x, y) in enumerate(batches):
+        trainer.train_on_batch(x, y)
+        for got, want in zip(trainer.classifier.weights, expected[t]):  # float32 precision (zeros stay zeros)
+            assert np.linalg.norm(got.numpy() - want) <= 1e-5 * np.linalg.norm(want), (t, got.path)
+    assert int(trainer.optimizer.iterations.numpy()) == 3  # one optimizer iteration per batch either way
+    final = {name: np.concatenate([w.ravel() for w in snapshots[-1]]) for name, snapshots in references.items()}
+    ours = np.concatenate([v.numpy().ravel() for v in trainer.classifier.weights])
+    error = np.linalg.norm(ours - final[target])
+    for name in set(orders) - {target}:
+        assert np.linalg.norm(final[name] - ours) > 1e3 * max(error, 1e-9), name
+    trainable = np.concatenate([v.numpy().ravel() for v in trainer.classifier.trainable_variables])
+    assert np.linalg.norm(trainable - initial) > 1e-2 * np.linalg.norm(initial)
+
+
+def test_optimizer_steps_per_batch_needs_torch_sgd(real_batch):
+    """A Keras optimizer cannot repeat the step as torch's SGD does: the trainer says so rather than take one."""
+    from tf_fastbat import methods
+    from tf_fastbat.trainer import AdversarialTrainer
+
+    trainer = AdversarialTrainer(tiny_model(), methods.build("elle_a", eps=EPS8), num_examples=BATCH,
+                                 steps_per_epoch=1)
+    with pytest.raises(ValueError, match="CoupledSGD"):
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    with pytest.raises(ValueError, match="optimizer_steps_per_batch"):
+        methods.build("elle_a", optimizer_steps_per_batch=0)
+
+
 # ---- through the trainer: backup and restore, and MirroredStrategy -----------------------------------------------
 
 def build_trainer(classifier, lambda_max, steps_per_epoch):

@@ -15,6 +15,8 @@ from conftest import run_as_script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLICE = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_subset.npz")
 EPS = 8.0 / 255.0
+EPS16 = 16.0 / 255.0
+ALPHA = 8.0 / 255.0  # FGSM_MEP.py's --alpha default, the same at every --epsilon
 BATCH, EXAMPLES = 4, 8  # two batches per epoch
 
 
@@ -96,11 +98,12 @@ def relative_error(actual, expected) -> float:
     return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
 
 
-@pytest.mark.parametrize("factor", [None, 0.6])
-def test_update_and_stored_prior_match_the_official_loop_over_two_epochs(factor):
+@pytest.mark.parametrize("eps,factor", [(EPS, None), (EPS, 0.6), (EPS16, None)])
+def test_update_and_stored_prior_match_the_official_loop_over_two_epochs(eps, factor):
     """Four steps (two epochs of two batches): gradients, the training input, the stored perturbations and momenta,
     and (after SGD steps on both) every weight and BatchNorm moving average agree with the official loop; with the
-    official label smoothing (factor 0.6: the true class gets 0.6) as torch's label_smoothing 4/9."""
+    official label smoothing (factor 0.6: the true class gets 0.6) as torch's label_smoothing 4/9; and at eps 16/255
+    with the default step, the official --alpha 8/255 (the step and the reset corners)."""
     import tensorflow as tf
 
     from tf_fastbat import methods
@@ -109,8 +112,8 @@ def test_update_and_stored_prior_match_the_official_loop_over_two_epochs(factor)
 
     images, labels = real_images(EXAMPLES)
     x_all = images.astype(np.float32) / 255.0
-    method = methods.build("fgsm_pgi", eps=EPS, label_smoothing=0.0 if factor is None else 4 / 9)
-    assert (method.step_size(), method.lamda, method.momentum_decay, method.epochs_reset) == (EPS, 10.0, 0.3, 40)
+    method = methods.build("fgsm_pgi", eps=eps, label_smoothing=0.0 if factor is None else 4 / 9)
+    assert (method.step_size(), method.lamda, method.momentum_decay, method.epochs_reset) == (ALPHA, 10.0, 0.3, 40)
     ours, reference = tiny_classifier(), tiny_classifier()
     variables = state.create(method.state_spec(EXAMPLES, (32, 32, 3)))
     all_delta = np.zeros((EXAMPLES, 32, 32, 3), np.float32)
@@ -118,14 +121,14 @@ def test_update_and_stored_prior_match_the_official_loop_over_two_epochs(factor)
     rng = np.random.default_rng(5)
     step = 0
     for epoch in range(2):
-        uniform = rng.uniform(-EPS, EPS, all_delta.shape).astype(np.float32)
+        uniform = rng.uniform(-eps, eps, all_delta.shape).astype(np.float32)
         if epoch % 40 == 0:
-            all_delta, all_momentum = reset_delta(uniform, EPS, EPS), np.zeros_like(all_delta)
+            all_delta, all_momentum = reset_delta(uniform, ALPHA, eps), np.zeros_like(all_delta)
         order = rng.permutation(EXAMPLES)
         for batch in range(EXAMPLES // BATCH):
             idx = order[batch * BATCH:(batch + 1) * BATCH]
             x, y = tf.constant(x_all[idx]), tf.constant(labels[idx])
-            expected_grads, expected_input = official_step(reference, x, y, all_delta, all_momentum, idx, EPS, EPS,
+            expected_grads, expected_input = official_step(reference, x, y, all_delta, all_momentum, idx, ALPHA, eps,
                                                            10.0, 0.3, factor)
             context = StepContext(tf.constant(step, tf.int64), tf.constant(step / 2, tf.float32),
                                   tf.constant(epoch, tf.int64), tf.constant(idx, tf.int64), variables)
@@ -144,6 +147,16 @@ def test_update_and_stored_prior_match_the_official_loop_over_two_epochs(factor)
     assert np.abs(all_delta).max() > 0 and np.abs(all_momentum).max() > 0
     for got, want in zip(ours.weights, reference.weights):
         assert relative_error(got.numpy(), want.numpy()) < 1e-5, got.path
+
+
+def test_default_step_is_the_official_alpha_at_every_eps():
+    """FGSM_MEP.py's --alpha defaults to 8 whatever --epsilon is: the step is 8/255 at eps 16/255 (and at 4/255, where
+    the eps clip bounds it), and --attack_lr sets it (the update at 16/255 is checked above)."""
+    from tf_fastbat import methods
+
+    for eps in (4 / 255, EPS, EPS16):
+        assert methods.build("fgsm_pgi", eps=eps).step_size() == ALPHA
+    assert methods.build("fgsm_pgi", eps=EPS16, attack_lr=EPS16).step_size() == EPS16
 
 
 def test_the_prior_and_the_regularizer_change_the_update():

@@ -19,6 +19,7 @@ from tf_fastbat.methods.base import StepContext
 from tf_fastbat.methods.nu_at import nuclear_norm
 
 EPS8, EPS16 = 8 / 255, 16 / 255
+SEED = 11  # the trainer's noise seed
 
 
 def official_nu_at(model, x, y, u, eps, nuc_reg, alt, b_val, f_eps, smoothing=0.0):
@@ -59,8 +60,9 @@ def bernoulli_draw(seed=5):
 
 
 def context(step, epoch_index):
+    """`step` is also the step within its epoch (the official per-epoch counter the attack alternates on)."""
     return StepContext(tf.constant(step, tf.int64), tf.constant(float(epoch_index)), tf.constant(epoch_index, tf.int64),
-                       None, {})
+                       None, {}, tf.constant(step, tf.int64))
 
 
 CASES = {
@@ -114,6 +116,68 @@ def test_the_cases_see_both_nuclear_terms(real_batch):
     assert np.linalg.norm(flat(smoothed) - flat(with_both)) > 1e-2 * np.linalg.norm(flat(with_both))
 
 
+def torch_sgd(variables, grads, buffers, lr=0.05, momentum=0.9, weight_decay=5e-4):
+    """torch.optim.SGD's step in NumPy: d = g + wd p; buf = m buf + d (buf = d at the first step); p -= lr buf."""
+    for index, (variable, gradient) in enumerate(zip(variables, grads)):
+        d = gradient.numpy() + weight_decay * variable.numpy()
+        buffers[index] = d if buffers[index] is None else momentum * buffers[index] + d
+        variable.assign(variable.numpy() - lr * buffers[index])
+
+
+def official_epochs(batches, epochs, alternation):
+    """NuAT_cifar10.py's epoch loop on the tiny model: Nuc_reg from 0, += Nuc_max / R after each epoch (R = 1),
+    `counter = 0` at each epoch's start and alt = counter % 2 (alternation "epoch"; "global": the parity of the step
+    over the whole run instead), torch's SGD after each batch. Returns the model and the steps whose attack had the
+    nuclear term with a nonzero weight."""
+    model = tiny_model()
+    buffers = [None] * len(model.trainable_variables)
+    nuc_reg, iteration, nuclear_steps = 0.0, 0, []
+    for _ in range(epochs):
+        counter = 0
+        for x, y in batches:
+            noise = tf.random.stateless_uniform(x.shape, seed=[SEED, iteration], minval=-EPS8, maxval=EPS8)
+            alt = (counter if alternation == "epoch" else iteration) % 2
+            grads, _, _ = official_nu_at(model, x, y, 0.5 + noise, EPS8, nuc_reg, alt, EPS8 / 2, EPS8)
+            torch_sgd(model.trainable_variables, grads, buffers)
+            if alt and nuc_reg:
+                nuclear_steps.append(iteration)
+            counter, iteration = counter + 1, iteration + 1
+        nuc_reg += 4.5 / 1.0
+    return model, nuclear_steps
+
+
+def test_attack_alternates_on_the_official_per_epoch_counter_over_odd_epochs(cifar_slice):
+    """Two epochs of 3 batches through the trainer (its step context's epoch_step) equal the official loop, whose
+    counter restarts every epoch: in epoch 1 the attack's nuclear term goes to its second batch (global step 4), not
+    to the odd global steps 3 and 5; every weight and BatchNorm average agrees after each step. The same loop
+    alternating on the global step ends measurably elsewhere, so this comparison would catch that."""
+    from tf_fastbat.trainer import assemble, sgd
+
+    x_all = tf.constant(cifar_slice["x_train"][:3 * BATCH].astype(np.float32) / 255.0)
+    y_all = tf.constant(cifar_slice["y_train"][:3 * BATCH].astype(np.int32))
+    batches = [(x_all[i * BATCH:(i + 1) * BATCH], y_all[i * BATCH:(i + 1) * BATCH]) for i in range(3)]
+    reference, nuclear_steps = official_epochs(batches, 2, "epoch")
+    mutated, mutated_steps = official_epochs(batches, 2, "global")
+    assert (nuclear_steps, mutated_steps) == ([4], [3, 5])
+    method = methods.build("nu_at", eps=EPS8, nuc_max=4.5, nuc_ramp_epochs=1.0)
+    trainer = assemble(tiny_model(), method, sgd(0.05, 0.9, 5e-4), seed=SEED, num_examples=3 * BATCH,
+                       steps_per_epoch=3)
+    for _ in range(2):
+        for x, y in batches:
+            trainer.train_on_batch(x, y)
+    assert int(trainer.optimizer.iterations.numpy()) == 6
+
+    def relative(a, b):
+        return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+    ours = np.concatenate([v.numpy().ravel() for v in trainer.classifier.weights])
+    want = np.concatenate([v.numpy().ravel() for v in reference.weights])
+    wrong = np.concatenate([v.numpy().ravel() for v in mutated.weights])
+    for got, expected in zip(trainer.classifier.weights, reference.weights):
+        assert relative(got.numpy(), expected.numpy()) < 1e-5, got.path
+    assert relative(wrong, want) > 100 * max(relative(ours, want), 1e-7)
+
+
 def test_nuclear_norm_and_its_gradient_equal_torch():
     matrix = np.random.default_rng(0).normal(size=(BATCH, 10))
     reference = torch.tensor(matrix, dtype=torch.float64, requires_grad=True)
@@ -141,14 +205,15 @@ def test_needs_the_step_context_with_the_epoch(real_batch):
     x, y = real_batch
     unknown_epoch = StepContext(tf.constant(3, tf.int64), tf.constant(float("nan")), tf.constant(-1, tf.int64), None,
                                 {})  # what a trainer built without steps_per_epoch gives
-    for context in (None, unknown_epoch):
+    no_epoch_step = context(3, 1)._replace(epoch_step=None)  # a StepContext built without the step in its epoch
+    for given in (None, unknown_epoch, no_epoch_step):
         with pytest.raises(ValueError, match="context"):
-            methods.build("nu_at").step(tiny_model(), x, y, tf.zeros_like(x), context=context)
+            methods.build("nu_at").step(tiny_model(), x, y, tf.zeros_like(x), context=given)
 
 
 def distributed_runs(out: str) -> None:
-    """Subprocess: 3 steps (lambda 0, then 4.5; the attack's nuclear term on the odd step) on 2 logical CPUs
-    under MirroredStrategy and on one device, and on one device without the nuclear terms."""
+    """Subprocess: 2 epochs of 2 steps (lambda 0, then 4.5; the attack's nuclear term on each epoch's second step)
+    on 2 logical CPUs under MirroredStrategy and on one device, and on one device without the nuclear terms."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
@@ -163,11 +228,11 @@ def distributed_runs(out: str) -> None:
         with strategy.scope():
             classifier = build_classifier("syncbn")
             method = methods.build("nu_at", eps=EPS8, nuc_max=nuc_max, nuc_ramp_epochs=1.0)
-            trainer = assemble(classifier, method, sgd(0.5, 0.9, 5e-4), seed=11, num_examples=24, steps_per_epoch=1)
+            trainer = assemble(classifier, method, sgd(0.5, 0.9, 5e-4), seed=11, num_examples=48, steps_per_epoch=2)
         weights = []
         record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights.append(
             np.concatenate([v.numpy().ravel() for v in classifier.weights])))
-        trainer.fit(training_batches(), epochs=3, steps_per_epoch=1, callbacks=[record], verbose=0)
+        trainer.fit(training_batches(), epochs=2, steps_per_epoch=2, callbacks=[record], verbose=0)
         results[label] = np.stack(weights)
     results["replicas"] = np.array(strategy.num_replicas_in_sync)
     np.savez(out, **results)

@@ -98,3 +98,54 @@ def test_cyclic_momentum_survives_serialization():
     optimizer = optim.CoupledSGD(0.1, momentum=momentum, l2=5e-4)
     restored = optim.CoupledSGD.from_config(optimizer.get_config())
     assert [float(restored.momentum(s)) for s in (0, 10, 20)] == pytest.approx([0.9, 0.8, 0.9])
+
+
+def _torch_two_steps_run(kind, epochs, steps_per_epoch, theta0, targets):
+    """torch's SGD(lr, momentum 0.9, weight_decay 5e-4) stepped twice per batch with the batch's gradient, as
+    LIONS-EPFL/ELLE's Trainer.train does: a per-batch scheduler (CyclicLR, its 'GradAlign') steps between the two
+    optimizer steps; a per-epoch one (OneCycleLR with total_steps = epochs) after the epoch's last batch."""
+    import torch
+
+    parameter = torch.nn.Parameter(torch.tensor(theta0))
+    sgd = torch.optim.SGD([parameter], lr=0.2, weight_decay=5e-4, momentum=0.9)
+    if kind == "cyclic":
+        half = epochs * steps_per_epoch // 2
+        scheduler = torch.optim.lr_scheduler.CyclicLR(sgd, base_lr=0.0, max_lr=0.2, step_size_up=half,
+                                                      step_size_down=half)
+    else:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(sgd, max_lr=0.2, total_steps=epochs)
+    trajectory = []
+    for step in range(epochs * steps_per_epoch):
+        sgd.zero_grad()
+        (0.5 * torch.sum((parameter - torch.tensor(targets[step])) ** 2)).backward()
+        sgd.step()
+        if kind == "cyclic":
+            scheduler.step()
+        sgd.step()  # the same gradient: no zero_grad in between
+        if kind != "cyclic" and (step + 1) % steps_per_epoch == 0 and step + 1 < epochs * steps_per_epoch:
+            scheduler.step()
+        trajectory.append(parameter.detach().numpy().copy())
+    return np.array(trajectory)
+
+
+@pytest.mark.parametrize("kind", ["cyclic", "one_cycle"])
+def test_two_steps_per_batch_match_torch_stepped_twice(kind):
+    """CoupledSGD(steps_per_batch=2), one apply per batch, against torch's two optimizer.step() calls: the second
+    with the weight decay of the updated weights, the momentum buffer updated again, and the schedules' values after
+    the scheduler's step between them (per batch: the next step's lr and momentum; per epoch: the same)."""
+    epochs, steps_per_epoch = 4, 3
+    rng = np.random.default_rng(1)
+    theta0 = rng.normal(size=4).astype(np.float32)
+    targets = rng.normal(size=(epochs * steps_per_epoch, 4)).astype(np.float32)
+    expected = _torch_two_steps_run(kind, epochs, steps_per_epoch, theta0, targets)
+    lr = optim.schedule(kind, epochs=epochs, steps_per_epoch=steps_per_epoch, lr_max=0.2)
+    base = 0.8 if kind == "cyclic" else 0.85
+    momentum = optim.momentum_schedule(kind, momentum=0.9 if kind == "cyclic" else 0.95, cycle_momentum=True,
+                                       base_momentum=base, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    optimizer = optim.CoupledSGD(lr, momentum=momentum, l2=5e-4, steps_per_batch=2)
+    assert optim.CoupledSGD.from_config(optimizer.get_config()).steps_per_batch == 2
+    variable = keras.Variable(theta0)
+    for step in range(epochs * steps_per_epoch):
+        optimizer.apply_gradients([(keras.ops.array(variable.numpy() - targets[step]), variable)])
+        np.testing.assert_allclose(variable.numpy(), expected[step], rtol=1e-5, atol=1e-6)
+    assert int(optimizer.iterations.numpy()) == epochs * steps_per_epoch

@@ -36,6 +36,7 @@ def train(*args, check=True, timeout=600):
     ("--backup_every_seconds=-5", "--backup_every_seconds=-5: must be >= 0"),
     ("--method=liet --liet_mask_ratio=0.5,0.1", "--liet_mask_ratio=0.5,0.1: give r_min,r_max"),
     ("--method=liet --attack_lr=4", "--attack_lr: --method=liet has no attack step"),
+    ("--method=elle_a --elle_optimizer_steps=0", "--elle_optimizer_steps=0: must be >= 1"),
 ])
 def test_bad_input_gets_one_line_naming_the_flag(tmp_path, flag, message):
     result = train(f"--workdir={tmp_path}", "--dataset=npz:" + str(BUNDLED_SLICE), *flag.split(), check=False,

@@ -65,7 +65,8 @@ def define_method_flags() -> None:
     flagtypes.DEFINE_eps("eps", 8, "Training eps, in 1/255 units (8 means 8/255).")
     flagtypes.DEFINE_eps("attack_lr", None, "Attack step in 1/255 units; default: the official rule per method "
                          "(fast_bat 5000 for eps <= 8 else 2000; fast_at 1.25 eps; pgd 0.5 eps for 2 steps, "
-                         "otherwise 2; nu_at, elle_a and fgsm_pgi eps).", maximum=None)
+                         "otherwise 2; nu_at and elle_a eps; fgsm_pgi 8 at every eps, FGSM_MEP.py's --alpha, which "
+                         "also sets its reset corners; FastAT_Benchmark's fgsm_pgi.py steps by eps).", maximum=None)
     _require(["method", "eps"], lambda v: v["method"] == "standard" or v["eps"] > 0,
              "--eps=0 leaves --method={method} nothing to attack; use --method=standard")
     _require(["method", "attack_lr"], lambda v: v["attack_lr"] is None or v["method"] not in ("standard", "liet"),
@@ -89,7 +90,7 @@ def define_method_flags() -> None:
 
 
 def define_fgsm_pgi_flags() -> None:
-    """FGSM-PGI's hyperparameters (official FGSM_MEP.py defaults; --attack_lr default: eps)."""
+    """FGSM-PGI's hyperparameters (official FGSM_MEP.py defaults; --attack_lr default: 8, its --alpha)."""
     flags.DEFINE_float("pgi_lamda", 10.0, "FGSM-PGI weight of the prior-guided regularizer, the MSE between the "
                        "logits at the adversarial and at the initialization point (official --lamda 10).")
     validator("pgi_lamda", lambda v: v >= 0, lambda v: f"--pgi_lamda={v}: must be >= 0")
@@ -149,6 +150,11 @@ def define_nu_at_elle_flags() -> None:
                        "0: from x; 2: N-FGSM + ELLE-A).")
     validator("elle_input_noise_rate", lambda v: v >= 0, lambda v: f"--elle_input_noise_rate={v}: must be >= 0")
     flags.DEFINE_boolean("elle_clamp", False, "ELLE: project the FGSM point onto the eps-ball (official: no).")
+    flags.DEFINE_integer("elle_optimizer_steps", 2, "ELLE: SGD steps per batch with the batch's gradient. The "
+                         "official trainer (core/utils/train.py) calls optimizer.step() twice, its per-batch "
+                         "scheduler stepped in between (the second step takes the next step's lr and momentum and "
+                         "the weight decay of the updated weights); 1: one step, as every other method here.")
+    validator("elle_optimizer_steps", lambda v: v >= 1, lambda v: f"--elle_optimizer_steps={v}: must be >= 1")
 
 
 def define_optimization_flags() -> None:
@@ -295,7 +301,7 @@ def method_hparams(f=FLAGS) -> Dict:
     if f.method == "elle_a":
         hparams.update(lambda_schedule=f.lambda_schedule, lin_reg=f.lin_reg, decay_rate=f.elle_decay_rate,
                        sensitivity=f.elle_sensitivity, input_noise_rate=f.elle_input_noise_rate, clamp=f.elle_clamp,
-                       seed=f.seed)
+                       optimizer_steps_per_batch=f.elle_optimizer_steps, seed=f.seed)
     if f.method == "liet":
         ratio = None if f.liet_mask_ratio is None else tuple(float(v) for v in f.liet_mask_ratio)
         hparams.update(consistency_weight=f.liet_lambda, random_smoothing=f.liet_smoothing, mask_ratio=ratio,
@@ -332,5 +338,5 @@ _OWN_FLAGS = (
     "es_num_examples eval_attack_step eval_restarts eval_num_examples eval_eps distribution jit_compile "
     "mixed_precision tensorboard export_dir export_model_name sync_batch_norm backup_every_steps "
     "backup_every_seconds nuc_init nuc_max nuc_ramp_epochs lambda_schedule lin_reg elle_decay_rate elle_sensitivity "
-    "elle_input_noise_rate elle_clamp weight_averaging label_smoothing pgi_lamda pgi_momentum_decay "
-    "pgi_epochs_reset liet_lambda liet_smoothing liet_mask_ratio liet_li_update").split()
+    "elle_input_noise_rate elle_clamp elle_optimizer_steps weight_averaging label_smoothing pgi_lamda "
+    "pgi_momentum_decay pgi_epochs_reset liet_lambda liet_smoothing liet_mask_ratio liet_li_update").split()

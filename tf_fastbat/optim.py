@@ -13,6 +13,15 @@ def _momentum_config(momentum):
     return momentum if isinstance(momentum, (int, float)) else keras.optimizers.schedules.serialize(momentum)
 
 
+def after_scheduler_step(schedule, step):
+    """A schedule's value for an optimizer step taken after the scheduler stepped once more within the batch, as in
+    LIONS-EPFL/ELLE's trainer (optimizer.step(); scheduler.step(); optimizer.step()): the next step's value for a
+    schedule torch steps per batch; the same value for one it steps per epoch (`steps_per_unit` > 1: OneCycleLR as
+    FastAT_Benchmark runs it), whose scheduler.step() comes after the epoch's last batch."""
+    per_batch = getattr(schedule, "steps_per_unit", 1) == 1
+    return schedule(step + 1 if per_batch else step)
+
+
 @keras.saving.register_keras_serializable(package="tf_fastbat")
 class CoupledSGD(keras.optimizers.Optimizer):
     """torch.optim.SGD: g <- g + wd*theta; buf <- m*buf + g; theta <- theta - lr*buf.
@@ -20,9 +29,16 @@ class CoupledSGD(keras.optimizers.Optimizer):
     Keras 3's `weight_decay` is decoupled (AdamW-style) and its momentum keeps lr inside the buffer, so
     neither matches the paper's optimizer when the learning rate changes every step. `momentum` is a number or,
     like the learning rate, a schedule of the step (torch's CyclicLR cycles it).
+
+    `steps_per_batch` = n > 1 applies the same gradient n times per `apply` (one optimizer iteration), as torch's
+    SGD does when `optimizer.step()` is called n times without `zero_grad` (LIONS-EPFL/ELLE's trainer calls it twice,
+    its per-batch scheduler stepped in between): each repeat adds the weight decay of the weights the previous one
+    left and updates the momentum buffer again; the first takes the schedules at this iteration, the later ones at
+    `after_scheduler_step`. The trainer sets it from its method's `optimizer_steps_per_batch`.
     """
 
-    def __init__(self, learning_rate=0.2, momentum=0.9, l2: float = 5e-4, name: str = "coupled_sgd", **kwargs):
+    def __init__(self, learning_rate=0.2, momentum=0.9, l2: float = 5e-4, name: str = "coupled_sgd",
+                 steps_per_batch: int = 1, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if isinstance(momentum, dict):
             momentum = keras.optimizers.schedules.deserialize(momentum)
@@ -32,6 +48,17 @@ class CoupledSGD(keras.optimizers.Optimizer):
             raise ValueError(f"--weight_decay must be >= 0, got {l2}")
         self.momentum = momentum
         self.l2 = l2
+        self.steps_per_batch = steps_per_batch
+
+    @property
+    def steps_per_batch(self) -> int:
+        return self._steps_per_batch
+
+    @steps_per_batch.setter
+    def steps_per_batch(self, value: int) -> None:
+        if int(value) != value or value < 1:
+            raise ValueError(f"optimizer steps per batch must be a whole number >= 1, got {value}")
+        self._steps_per_batch = int(value)
 
     def build(self, variables):
         if self.built:
@@ -39,20 +66,42 @@ class CoupledSGD(keras.optimizers.Optimizer):
         super().build(variables)
         self.momentums = [self.add_variable_from_reference(reference_variable=v, name="momentum") for v in variables]
 
-    def _momentum_now(self, dtype):
+    def _momentum_now(self, dtype, repeat: int = 0):
         if callable(self.momentum):
-            return ops.cast(self.momentum(self.iterations), dtype)
+            value = self.momentum(self.iterations) if repeat == 0 else after_scheduler_step(self.momentum,
+                                                                                            self.iterations)
+            return ops.cast(value, dtype)
         return ops.cast(self.momentum, dtype)
 
+    def _learning_rate_now(self, learning_rate, dtype, repeat: int):
+        """`learning_rate` (this iteration's) for the first repeat; a schedule's value after the batch's scheduler
+        step for the later ones."""
+        schedule = self._learning_rate
+        if repeat and isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            learning_rate = after_scheduler_step(schedule, self.iterations)
+        return ops.cast(learning_rate, dtype)
+
     def update_step(self, gradient, variable, learning_rate):
-        lr = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype) + self.l2 * variable
+        gradient = ops.cast(gradient, variable.dtype)
         buffer = self.momentums[self._get_variable_index(variable)]
-        self.assign(buffer, self._momentum_now(variable.dtype) * buffer + gradient)
-        self.assign_sub(variable, lr * buffer)
+        for repeat in range(self.steps_per_batch):
+            decayed = gradient + self.l2 * variable  # the weights the previous repeat left
+            self.assign(buffer, self._momentum_now(variable.dtype, repeat) * buffer + decayed)
+            self.assign_sub(variable, self._learning_rate_now(learning_rate, variable.dtype, repeat) * buffer)
 
     def get_config(self):
-        return {**super().get_config(), "momentum": _momentum_config(self.momentum), "l2": self.l2}
+        return {**super().get_config(), "momentum": _momentum_config(self.momentum), "l2": self.l2,
+                "steps_per_batch": self.steps_per_batch}
+
+
+def set_steps_per_batch(optimizer, steps: int) -> None:
+    """Makes `optimizer` (a CoupledSGD, or a LossScaleOptimizer around one) apply each gradient `steps` times."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if isinstance(inner, CoupledSGD):
+        inner.steps_per_batch = steps
+    elif steps != 1:
+        raise ValueError(f"{steps} optimizer steps per batch need tf_fastbat.optim.CoupledSGD (torch's SGD rule), not "
+                         f"{type(inner).__name__}")
 
 
 def triangle(step, up_steps: int, down_steps: int):

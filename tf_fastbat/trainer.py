@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_fastbat import units
+from tf_fastbat import optim, units
 from tf_fastbat.methods import Method
 from tf_fastbat.methods import state as method_state
 from tf_fastbat.methods.global_batch import layout, uniform_slice
@@ -94,6 +94,12 @@ class AdversarialTrainer(keras.Model):
         index = tf.cast(index, tf.int64) if index is not None and self.method.needs_index else None
         return StepContext(step, epoch, epoch_index, index, self.method_state, epoch_step)
 
+    def compile(self, optimizer="rmsprop", **kwargs):
+        """Keras' compile; the optimizer then applies each gradient `method.optimizer_steps_per_batch` times (ELLE's
+        official two torch steps; optim.CoupledSGD), within one optimizer iteration."""
+        super().compile(optimizer=optimizer, **kwargs)
+        optim.set_steps_per_batch(self.optimizer, self.method.optimizer_steps_per_batch)
+
     def call(self, x, training=False):
         return self.classifier(x, training=training)
 
@@ -137,6 +143,8 @@ class AdversarialTrainer(keras.Model):
         if replicas_in_sync() > 1:  # each replica's batch-mean gradient becomes its share of the global mean
             share = tf.cast(tf.shape(x)[0], tf.float32) / global_batch  # the optimizer sums over replicas
             grads = [g * tf.cast(share, g.dtype) for g in grads]
+        # One optimizer iteration (the schedules and the noise follow it), in which CoupledSGD applies the gradient
+        # method.optimizer_steps_per_batch times (set in compile).
         self.optimizer.apply_gradients(zip(grads, self.classifier.trainable_variables))
         if self.average is not None:  # weight averaging (tf_fastbat.weight_averaging), after every step
             self.average.update(self.optimizer.iterations)
@@ -183,9 +191,7 @@ def first_images(data) -> Optional[np.ndarray]:
 
 def sgd(learning_rate, momentum, weight_decay: float, mixed_precision: str = "float32") -> keras.optimizers.Optimizer:
     """The paper's optimizer (torch's SGD rule), wrapped in loss scaling under mixed_float16."""
-    from tf_fastbat.optim import CoupledSGD
-
-    optimizer = CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
+    optimizer = optim.CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
     return keras.optimizers.LossScaleOptimizer(optimizer) if mixed_precision == "mixed_float16" else optimizer
 
 

@@ -50,6 +50,9 @@ class Method:
     # Where label smoothing applies: "training" (the loss the weights descend) and "attack" (the attack's loss),
     # as FastAT_Benchmark applies its criterion per method; a method that names neither refuses label_smoothing > 0.
     smoothed_losses: ClassVar[Tuple[str, ...]] = ()
+    # Optimizer steps the trainer takes per batch with the method's gradient (torch's optimizer.step() called that many
+    # times without zero_grad; see optim.CoupledSGD); a method whose official trainer does so makes it a field.
+    optimizer_steps_per_batch: ClassVar[int] = 1
     # Fields in fractions of the [0, 1] pixel range, in (0, 1] (None: the official default): checked at
     # construction, so that eps=8 is refused rather than trained with. Fast-BAT's non-sign step is not one.
     fraction_fields: ClassVar[Tuple[str, ...]] = ("eps", "attack_lr", "noise_magnitude", "init_magnitude")

@@ -9,6 +9,8 @@ After LIONS-EPFL/ELLE core/utils/train.py (Trainer.loss with reg ELLE, Trainer.t
 ELLE-A, after the step: if more than 2 earlier E and E > mean + sensitivity * std of all earlier E (population
 std), lambda = lambda_max, else lambda *= decay_rate; then E joins the history. lambda starts at 0. ELLE
 (lambda_schedule constant) keeps lambda = lin_reg.
+The official Trainer.train then calls optimizer.step() twice with this gradient, its per-batch scheduler stepped in
+between (`optimizer_steps_per_batch` = 2, which the trainer passes to optim.CoupledSGD).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class ElleA(Method):
     decay_rate: float = 0.99
     sensitivity: float = 2.0
     seed: int = 0  # of the triplet draws (the training seed)
+    # The official trainer calls optimizer.step() twice per batch with the same gradient (its per-batch scheduler
+    # stepped in between); 1: one step, as every other method here.
+    optimizer_steps_per_batch: int = 2
 
     name = "elle_a"
     # FastAT_Benchmark's elle.py smooths the training CE only (its FGSM and the triplet losses use plain CE).
@@ -79,6 +84,8 @@ class ElleA(Method):
     def __post_init__(self):
         if self.lambda_schedule not in SCHEDULES:
             raise ValueError(f"lambda_schedule={self.lambda_schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if int(self.optimizer_steps_per_batch) != self.optimizer_steps_per_batch or self.optimizer_steps_per_batch < 1:
+            raise ValueError(f"optimizer_steps_per_batch={self.optimizer_steps_per_batch}: must be a whole number >= 1")
 
     def regularization(self) -> float:
         """lambda_max of ELLE-A, or ELLE's fixed lambda."""

@@ -2,8 +2,8 @@
 starts from its perturbation of the previous epoch (a momentum-guided prior), and a regularizer ties the logits at
 the adversarial point to those at that initialization.
 
-Per step, for the batch's stored perturbation d and momentum m (random corners +-alpha and m = 0 in every
-`epochs_reset`-th epoch, the official reset):
+Per step, for the batch's stored perturbation d and momentum m (random corners clip(+-alpha, -eps, eps) and m = 0 in
+every `epochs_reset`-th epoch, the official reset; alpha = 8/255 at every eps by default, as FGSM_MEP.py's):
     g = grad_d CE(x + d)                      (the init point is not clipped to the image box, as officially)
     m' = g / ||g||_1 + decay m                (L1 norm of the whole global batch)
     d_adv = clip_box(clip_eps(d + alpha sign(g)))   trains;   d' = clip_box(clip_eps(d + alpha sign(m'))) is stored
@@ -22,6 +22,9 @@ from tf_fastbat.methods.common import ce_mean, ce_sum, scaled, unscaled
 from tf_fastbat.methods.state import global_sum, write_rows
 
 
+OFFICIAL_ALPHA = 8.0 / 255.0  # FGSM_MEP.py's --alpha default, independent of --epsilon
+
+
 def clip_box(delta: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     """clamp(delta, -x, 1 - x): the official form of keeping x + delta in [0, 1] (bitwise as in their code)."""
     return tf.clip_by_value(delta, -x, 1.0 - x)
@@ -29,7 +32,7 @@ def clip_box(delta: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class FGSMPGI(Method):
-    attack_lr: Optional[float] = None  # None: eps (official alpha = 8/255 at eps 8; FastAT_Benchmark: eps)
+    attack_lr: Optional[float] = None  # alpha; None: 8/255 at every eps (FGSM_MEP.py's --alpha; FastAT_Benchmark: eps)
     lamda: float = 10.0  # weight of the prior-guided MSE regularizer
     momentum_decay: float = 0.3
     epochs_reset: int = 40  # the stored perturbations restart from random corners every this many epochs
@@ -40,7 +43,8 @@ class FGSMPGI(Method):
     smoothed_losses = ("attack", "training")
 
     def step_size(self) -> float:
-        return self.eps if self.attack_lr is None else self.attack_lr
+        """alpha: the FGSM step and the reset corners' magnitude (official: 8/255 whatever the eps)."""
+        return OFFICIAL_ALPHA if self.attack_lr is None else self.attack_lr
 
     def state_spec(self, num_examples, input_shape, num_classes=None):
         shape = (int(num_examples), *input_shape)

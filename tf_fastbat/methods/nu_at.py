@@ -4,7 +4,8 @@ After val-iisc/NuAT CIFAR10/NuAT_cifar10.py, per batch:
   out    = f(x), training mode (the attack's reference logits)
   x0     = clip(x + B sign(0.5 - u), 0, 1), u ~ U[0, 1)                   Bernoulli start, B = 4/255 at eps 8
   x1     = clip(x0 + a sign(grad_x0 [CE(f_eval(x0)) + lambda_a ||out - f_eval(x0)||_* / B_n]), 0, 1)
-           the model in eval mode; lambda_a = lambda on odd batches, 0 on even ones; a = 8/255 at eps 8
+           the model in eval mode; lambda_a = lambda on the odd batches of each epoch (counted from 0 at
+           its start), 0 on the even ones; a = 8/255 at eps 8
   x_adv  = clip(x + clip(x1 - x, -eps, eps), 0, 1)
   loss   = CE(f(x), y) + lambda ||f(x) - f(x_adv)||_* / B_n        (f(x_adv) then f(x), training mode)
 with ||.||_* the nuclear norm of the B_n x classes logit matrix and lambda = nuc_max * min(e, R) / R in epoch e
@@ -87,13 +88,14 @@ class NuAT(Method):
         return x + project(stepped - x, x, self.eps)
 
     def step(self, model, x, y, noise, loss_scale=None, context=None):
-        if context is None or tf.get_static_value(context.epoch_index) == -1:
+        if (context is None or tf.get_static_value(context.epoch_index) == -1 or context.epoch_step is None
+                or tf.get_static_value(context.epoch_step) == -1):
             raise ValueError("nu_at needs the trainer's step context with the epoch (assemble with steps_per_epoch): "
-                             "its lambda follows the epoch")
+                             "its lambda follows the epoch and its attack alternates within each epoch")
         nuc_reg = self.nuc_reg(context.epoch_index)
-        # The official `counter % 2` restarts every epoch; the global step has the same parity whenever an epoch
-        # has an even number of batches (the official 766; ours 352 on CIFAR-10 with the 10% hold-out).
-        attack_reg = tf.where(tf.equal(context.step % 2, 1), nuc_reg, 0.0)
+        # The official `counter`, set to 0 at each epoch's start: the nuclear term on the epoch's odd batches. (The
+        # global step's parity differs from it in every other epoch when an epoch has an odd number of batches.)
+        attack_reg = tf.where(tf.equal(context.epoch_step % 2, 1), nuc_reg, 0.0)
         # Three forwards in the official order, so that the eval-mode attack sees the moving averages the official
         # one sees (updated by the first clean forward) and the final averages match too.
         reference = tf.stop_gradient(tf.cast(model(x, training=True), tf.float32))
