@@ -165,6 +165,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown attacks {sorted(unknown)}; choose from pgd, autoattack")
     from tf_fastbat import report
+    from tf_fastbat.attacks.autoattack.attack import AUTOATTACK_NAME
+    from tf_fastbat.attacks.pgd import pgd_name
 
     run = importlib.import_module(args.implementation).run_autoattack
     result = {"machine": machine(), "implementation": args.implementation, "batch_size": args.batch_size,
@@ -182,8 +184,8 @@ def main() -> None:
                     time_autoattack(logits_fn, x, y, eps, args.seed, args.batch_size, args.repeats, run)
                     if attack == "autoattack" else
                     time_pgd(logits_fn, x, y, eps, args.pgd_steps, args.pgd_restarts, args.seed, args.batch_size))
-            entry["runs"][report.AUTOATTACK_NAME if attack == "autoattack" else
-                          report.pgd_name(args.pgd_steps, args.pgd_restarts)] = runs
+            entry["runs"][AUTOATTACK_NAME if attack == "autoattack" else
+                          pgd_name(args.pgd_steps, args.pgd_restarts)] = runs
         result["models"][name] = entry
     result["machine"]["load_average_end"] = os.getloadavg()
     text = json.dumps(result, indent=2)

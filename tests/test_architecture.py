@@ -102,3 +102,33 @@ def test_only_the_record_module_spells_a_workdir_file_name():
         if found:
             spelled[str(path.relative_to(ROOT))] = found
     assert not spelled, spelled
+
+
+# Layers, lowest first: a module imports its own layer or lower ones, never a higher one (tools over assembly over
+# parts over the foundation). A module not listed is in the layer of its package.
+LAYERS = (
+    ("foundation", ("tf_fastbat", "errors", "units", "flagtypes", "runtime", "checkpoints", "record", "progress",
+                    "report", "linf", "running_averages", "interrupt", "pretrained", "serving.protocol")),
+    ("parts", ("models", "data", "methods", "attacks", "optim", "serving", "plots", "distribution", "backup",
+               "weight_averaging")),
+    ("assembly", ("metrics", "evaluation", "trainer", "callbacks", "resume", "artifacts", "publish")),
+    ("tools", ("cli", "config", "train", "evaluate", "export", "convert")),
+)
+
+
+def layer_of(module: str) -> int:
+    name = module[len("tf_fastbat."):] if module != "tf_fastbat" else module
+    for level, (_, members) in enumerate(LAYERS):
+        if name in members:
+            return level
+    for level, (_, members) in enumerate(LAYERS):  # a package's modules are in the package's layer
+        if any(name.startswith(f"{member}.") for member in members):
+            return level
+    raise AssertionError(f"{module}: in no layer of test_architecture.LAYERS")
+
+
+def test_no_module_imports_a_higher_layer():
+    known = modules()
+    upward = {name: sorted(t for t in imported(path, known) if layer_of(t) > layer_of(name))
+              for name, path in known.items()}
+    assert not {name: targets for name, targets in upward.items() if targets}

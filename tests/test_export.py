@@ -21,7 +21,8 @@ from conftest import ROOT, SHARED_SLICE
 from tf_fastbat import checkpoints, models
 from tf_fastbat.attacks.pgd import PGD
 from tf_fastbat.errors import UsageError
-from tf_fastbat.serving import publish, saved_model
+from tf_fastbat import publish
+from tf_fastbat.serving import saved_model
 from tf_fastbat.serving.loading import load_logits_fn, load_metadata
 from tf_fastbat.serving.protocol import integer_versions
 

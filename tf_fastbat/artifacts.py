@@ -1,7 +1,9 @@
 """What a model path names, resolved without loading anything: a training workdir (its best, else last,
 checkpoint), a .keras file, a SavedModel directory, a TF Serving model directory (its newest version), or a
-shipped model, `pretrained:NAME`. Every tool resolves --model, --checkpoint and --surrogate here, and reads the
-training settings recorded with a model through `recorded_settings`."""
+shipped model, `pretrained:NAME`. Every tool resolves --model, --checkpoint and --surrogate here, reads the
+training settings recorded with a model through `recorded_settings`, and loads it as a logits function
+(`load_logits_fn`, `check_model_fits`): the tools' side of evaluation, whose measurement (tf_fastbat.evaluation)
+takes any logits function."""
 
 from __future__ import annotations
 
@@ -11,11 +13,10 @@ import zipfile
 from typing import Dict, Optional
 
 from tf_fastbat import pretrained, record
-from tf_fastbat.errors import UsageError
-from tf_fastbat.serving.protocol import integer_versions
+from tf_fastbat.errors import UsageError, one_line
+from tf_fastbat.serving.protocol import is_saved_model, newest_saved_model  # noqa: F401  (tools ask here)
 
 CHECKPOINTS = record.CHECKPOINTS  # a workdir's checkpoints/<name>.keras, in the order a workdir is resolved
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,16 +36,8 @@ def checkpoint_path(workdir: str, name: str) -> str:
     return record.Workdir(workdir).checkpoint(name)
 
 
-def is_saved_model(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, name)) for name in SAVED_MODEL_FILES)
 
 
-def newest_saved_model(path: str) -> Optional[str]:
-    """`path` if it is a SavedModel, else its highest complete integer version, else None."""
-    if is_saved_model(path):
-        return path
-    complete = [v for v in integer_versions(path) if is_saved_model(os.path.join(path, str(v)))]
-    return os.path.join(path, str(complete[-1])) if complete else None
 
 
 def label(path: str) -> str:
@@ -105,3 +98,37 @@ def recorded_settings(artifact: Artifact) -> Dict:
     if artifact.checkpoint == "pretrained":
         return pretrained.settings(artifact.path)
     return record.Workdir(artifact.workdir).settings() if artifact.workdir else {}
+
+def load_logits_fn(artifact: Artifact, flag: str = "model") -> LogitsFn:
+    """A resolved --model/--surrogate as a logits function: a .keras classifier or a SavedModel's serving_default."""
+    if artifact.kind == "savedmodel":
+        from tf_fastbat.serving.loading import load_logits_fn as load_serving
+
+        try:
+            return load_serving(artifact.file)
+        except (UsageError, FileNotFoundError) as error:
+            raise UsageError(f"--{flag}={artifact.path}: {error}") from error
+    from tf_fastbat import models
+    from tf_fastbat.evaluation import classifier_logits
+
+    try:
+        return classifier_logits(models.load(artifact.file))
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(f"--{flag}={artifact.path}: {one_line(error)}") from error
+
+
+def check_model_fits(logits_fn: LogitsFn, x, num_labels: int, flag: str = "model") -> int:
+    """Number of classes, after checking that the model takes these images and returns [batch, classes] outputs."""
+    import tensorflow as tf
+
+    try:
+        output = logits_fn(tf.constant(x[:2]))
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
+        raise UsageError(f"--{flag}: the model does not take the dataset's images of shape "
+                         f"{tuple(x.shape[1:])} ({type(error).__name__}: {one_line(error)})") from error
+    if output.shape.rank != 2:
+        raise UsageError(f"--{flag}: the model outputs shape {tuple(output.shape)}; expected [batch, classes]")
+    if output.shape[-1] < num_labels:
+        raise UsageError(f"--{flag}: the model has {output.shape[-1]} outputs but the test labels go up to "
+                         f"{num_labels - 1}")
+    return int(output.shape[-1])

@@ -212,21 +212,22 @@ def run(f=FLAGS) -> Dict:
     eps_list = _eps_list(f, config)
     paths = output_paths(artifact, f.output, f.workdir)
     compare = read_compare(f.compare)
-    logits_fn = evaluation.load_logits_fn(artifact)
-    surrogate_fn = evaluation.load_logits_fn(surrogate, "surrogate") if surrogate else None
+    logits_fn = artifacts.load_logits_fn(artifact)
+    surrogate_fn = artifacts.load_logits_fn(surrogate, "surrogate") if surrogate else None
     x, y = test_arrays(dataset, f.num_examples, f.data_dir or config.get("data_dir"),
                        f.manual_dir or config.get("manual_dir"), f.image_size or config.get("image_size") or 224,
                        f.seed)
     if not len(x):
         raise UsageError(f"--dataset={dataset}: the test split is empty")
     y = np.asarray(y).astype(np.int64)
-    evaluation.check_model_fits(logits_fn, x, int(y.max()) + 1)
+    artifacts.check_model_fits(logits_fn, x, int(y.max()) + 1)
     if surrogate_fn is not None:
-        evaluation.check_model_fits(surrogate_fn, x, int(y.max()) + 1, "surrogate")
+        artifacts.check_model_fits(surrogate_fn, x, int(y.max()) + 1, "surrogate")
     settings = evaluation.Settings(pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts,
                                    cleverhans_steps=f.cleverhans_steps, cleverhans_restarts=f.cleverhans_restarts,
                                    aa_version=f.aa_version, transfer_steps=f.transfer_steps, seed=f.seed,
-                                   batch_size=f.batch_size, surrogate=surrogate.path if surrogate else None)
+                                   batch_size=f.batch_size, surrogate=surrogate.path if surrogate else None,
+                                   surrogate_label=surrogate.label if surrogate else None)
     print(f"Evaluating {artifact.path} ({artifact.kind}) on the first {len(x)} test examples of {dataset}; eps "
           f"{', '.join(report.eps_key(e) for e in eps_list)}; attacks: {', '.join(attacks) or 'none'}", flush=True)
     result = evaluation.evaluate_model(logits_fn, x, y, eps_list, attacks, settings, surrogate_fn,

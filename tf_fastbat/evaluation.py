@@ -13,9 +13,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tf_fastbat import report, units
-from tf_fastbat.artifacts import Artifact
 from tf_fastbat.attacks.base import Attack, LogitsFn, Progress, build
-from tf_fastbat.errors import UsageError, one_line
+from tf_fastbat.errors import UsageError
 from tf_fastbat.flagtypes import in_units
 from tf_fastbat.progress import Clock, ProgressBars
 
@@ -36,6 +35,7 @@ class Settings:
     seed: int = 0
     batch_size: int = 256
     surrogate: Optional[str] = None  # the surrogate's path, for the report
+    surrogate_label: Optional[str] = None  # its short name, in the transfer attack's report key
 
 
 def predictions(logits_fn: LogitsFn, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -52,38 +52,8 @@ def classifier_logits(classifier) -> LogitsFn:
     return lambda images: tf.cast(classifier(images, training=False), tf.float32)
 
 
-def load_logits_fn(artifact: Artifact, flag: str = "model") -> LogitsFn:
-    """A resolved --model/--surrogate as a logits function: a .keras classifier or a SavedModel's serving_default."""
-    if artifact.kind == "savedmodel":
-        from tf_fastbat.serving.loading import load_logits_fn as load_serving
-
-        try:
-            return load_serving(artifact.file)
-        except (UsageError, FileNotFoundError) as error:
-            raise UsageError(f"--{flag}={artifact.path}: {error}") from error
-    from tf_fastbat import models
-
-    try:
-        return classifier_logits(models.load(artifact.file))
-    except (ValueError, FileNotFoundError) as error:
-        raise UsageError(f"--{flag}={artifact.path}: {one_line(error)}") from error
 
 
-def check_model_fits(logits_fn: LogitsFn, x, num_labels: int, flag: str = "model") -> int:
-    """Number of classes, after checking that the model takes these images and returns [batch, classes] outputs."""
-    import tensorflow as tf
-
-    try:
-        output = logits_fn(tf.constant(x[:2]))
-    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
-        raise UsageError(f"--{flag}: the model does not take the dataset's images of shape "
-                         f"{tuple(x.shape[1:])} ({type(error).__name__}: {one_line(error)})") from error
-    if output.shape.rank != 2:
-        raise UsageError(f"--{flag}: the model outputs shape {tuple(output.shape)}; expected [batch, classes]")
-    if output.shape[-1] < num_labels:
-        raise UsageError(f"--{flag}: the model has {output.shape[-1]} outputs but the test labels go up to "
-                         f"{num_labels - 1}")
-    return int(output.shape[-1])
 
 
 def model_warnings(logits_fn: LogitsFn, x, y, batch_size: int = 256) -> List[str]:
@@ -174,10 +144,7 @@ def robustness(logits_fn: LogitsFn, x, y, eps_list: Sequence[float], attacks: Se
 def build_attacks(attacks: Sequence[Union[str, Attack]], settings: Settings,
                   surrogate_fn: Optional[LogitsFn] = None) -> List[Attack]:
     """Attack objects for --attacks names (built from `settings`); Attack objects pass through."""
-    from tf_fastbat.artifacts import label
-
-    surrogate_label = label(settings.surrogate) if settings.surrogate else None
-    return [build(a, settings, surrogate_fn, surrogate_label) if isinstance(a, str) else a for a in attacks]
+    return [build(a, settings, surrogate_fn, settings.surrogate_label) if isinstance(a, str) else a for a in attacks]
 
 
 def pgd_report(logits_fn, x, y, eps_list: Sequence[float], steps: int, restarts: int, seed: int,
@@ -215,7 +182,9 @@ def evaluate_model(logits_fn: LogitsFn, x, y, eps_list: Sequence[float], attacks
         sys.stderr.write(f"tf_fastbat.evaluate: warning: {message}\n")
     result = robustness(logits_fn, x, y, eps_list, attacks, settings.batch_size,
                         progress=ProgressBars if verbose else None, log=_print if verbose else None)
-    aa_details = result.pop("details", {}).get(report.AUTOATTACK_NAME, {})
+    from tf_fastbat.attacks.autoattack.attack import AUTOATTACK_NAME
+
+    aa_details = result.pop("details", {}).get(AUTOATTACK_NAME, {})
     for by_eps in aa_details.values():
         warnings += [w for w in by_eps["warnings"] if w not in warnings]
     result.update(seed=settings.seed, eps_255=[in_units(e) for e in eps_list], warnings=warnings)

@@ -45,7 +45,7 @@ def define_flags() -> None:
 
 def main(argv) -> None:
     from tf_fastbat.report import markdown_table
-    from tf_fastbat.serving.publish import export_checkpoint
+    from tf_fastbat.publish import export_checkpoint
 
     target = export_checkpoint(FLAGS.checkpoint, FLAGS.export_dir, FLAGS.model_name, FLAGS.dataset,
                                FLAGS.num_examples, FLAGS.eps or None, FLAGS.attack_step, FLAGS.restarts, FLAGS.seed,

@@ -1,4 +1,5 @@
-"""The report's keys, written once (eps "8/255", attack names), and its short Markdown table. No TensorFlow."""
+"""The report's eps keys, written once ("8/255"), its short Markdown table and its reading guide. No TensorFlow.
+Each attack owns its own report key (its `name`)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,10 @@ def eps_key(eps: float) -> str:
     return f"{in_units(eps):g}/255"
 
 
-def pgd_name(steps: int, restarts: int) -> str:
-    """PGD-K-R's key: "pgd-50-10"."""
-    return f"pgd-{steps}-{restarts}"
 
 
-def cleverhans_name(steps: int, restarts: int = 1) -> str:
-    """cleverhans' PGD: "cleverhans-pgd-50" (one restart) or "cleverhans-pgd-50-5"."""
-    return f"cleverhans-pgd-{steps}" if restarts == 1 else f"cleverhans-pgd-{steps}-{restarts}"
 
 
-def transfer_name(surrogate_label: Optional[str]) -> str:
-    """Transfer from a surrogate: "transfer-<surrogate name>"."""
-    return f"transfer-{surrogate_label}"
 
 
 def parse_eps_key(key: str) -> float:
@@ -34,8 +26,6 @@ def parse_eps_key(key: str) -> float:
         raise ValueError(f"not an eps key of the form 'N/255': {key!r}")
     return float(numerator)
 
-
-AUTOATTACK_NAME = "autoattack"
 
 # What the same recipe reaches at full scale, for datasets whose figures are small-data figures.
 FULL_SCALE = {

@@ -193,7 +193,7 @@ def _publish(f, run_record, full: dict, results: dict, source, splits, val_x, te
     print(report.reading_guide(source.name, splits.num_train, splits.num_held_out, len(test_x),
                                source.num_classes, 0 if val_x is None else len(val_x)))
     if f.export_dir:
-        from tf_fastbat.serving.publish import export_after_training
+        from tf_fastbat.publish import export_after_training
 
         exported = export_after_training(run_record.root, f.export_dir, f.export_model_name,
                                          examples=(test_x, test_y))

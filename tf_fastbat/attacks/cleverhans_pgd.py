@@ -17,9 +17,13 @@ from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient
 
 from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
 from tf_fastbat.attacks.pgd import PGD
-from tf_fastbat.report import cleverhans_name
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
+
+
+def cleverhans_name(steps: int, restarts: int = 1) -> str:
+    """cleverhans' PGD: "cleverhans-pgd-50" (one restart) or "cleverhans-pgd-50-5"."""
+    return f"cleverhans-pgd-{steps}" if restarts == 1 else f"cleverhans-pgd-{steps}-{restarts}"
 
 
 class CleverhansPGD(PGD):

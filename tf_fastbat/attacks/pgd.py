@@ -11,10 +11,14 @@ import numpy as np
 import tensorflow as tf
 
 from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
-from tf_fastbat.methods.common import ce_sum, project
-from tf_fastbat.report import pgd_name
+from tf_fastbat.linf import ce_sum, project
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
+
+
+def pgd_name(steps: int, restarts: int) -> str:
+    """PGD-K-R's key: "pgd-50-10"."""
+    return f"pgd-{steps}-{restarts}"
 
 
 class PGD:

@@ -14,10 +14,14 @@ import tensorflow as tf
 from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
 from tf_fastbat.attacks.pgd import PGD
 from tf_fastbat.errors import UsageError
-from tf_fastbat.report import transfer_name
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 DEFAULT_STEPS = 20
+
+
+def transfer_name(surrogate_label: Optional[str]) -> str:
+    """Transfer from a surrogate: "transfer-<surrogate name>"."""
+    return f"transfer-{surrogate_label}"
 
 
 class TransferPGD(PGD):

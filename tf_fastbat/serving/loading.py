@@ -13,9 +13,8 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from tf_fastbat.artifacts import newest_saved_model
 from tf_fastbat.errors import UsageError, one_line
-from tf_fastbat.serving.protocol import IMAGES_SIGNATURE, METADATA_FILE
+from tf_fastbat.serving.protocol import IMAGES_SIGNATURE, METADATA_FILE, newest_saved_model
 
 
 def resolve_saved_model_dir(path: str) -> str:

@@ -5,7 +5,7 @@ this module without it."""
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 from tf_fastbat.errors import UsageError
 
@@ -32,3 +32,19 @@ def integer_versions(model_dir: str) -> Tuple[int, ...]:
         return ()
     return tuple(sorted(int(entry) for entry in os.listdir(model_dir)
                         if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry))))
+
+
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def is_saved_model(path: str) -> bool:
+    """True if `path` is a SavedModel directory."""
+    return any(os.path.isfile(os.path.join(path, name)) for name in SAVED_MODEL_FILES)
+
+
+def newest_saved_model(path: str) -> Optional[str]:
+    """`path` if it is a SavedModel, else its highest complete integer version, else None."""
+    if is_saved_model(path):
+        return path
+    complete = [v for v in integer_versions(path) if is_saved_model(os.path.join(path, str(v)))]
+    return os.path.join(path, str(complete[-1])) if complete else None

@@ -9,8 +9,9 @@ import numpy as np
 from tf_fastbat.attacks.autoattack._utils import predict
 from tf_fastbat.attacks.autoattack.autoattack import run_autoattack
 from tf_fastbat.attacks.base import Attack, Outcome
-from tf_fastbat.report import AUTOATTACK_NAME
 
+
+AUTOATTACK_NAME = "autoattack"  # its report key
 
 class AutoAttack(Attack):
     """The standard (or plus, rand) AutoAttack; its per-attack robust accuracy, seconds and warnings go in
