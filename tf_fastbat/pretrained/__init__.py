@@ -53,7 +53,9 @@ def card(path: str) -> Dict:
 
 def settings(path: str) -> Dict:
     """The training settings of a shipped model, as a workdir's config.json records them (eps in 1/255 units)."""
-    return dict(card(path)["settings"])
+    from tf_fastbat.record import current_settings
+
+    return current_settings(card(path)["settings"])
 
 
 def sha256(path: str) -> str:
