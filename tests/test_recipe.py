@@ -386,8 +386,8 @@ def test_the_training_tool_validates_checkpoints_and_backs_up_the_average(tmp_pa
     args = [f"--workdir={workdir}", f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32",
             "--steps_per_epoch=2", "--epochs=2", "--backup_every_seconds=0", "--es_pgd_steps=2", "--es_pgd_restarts=1",
             "--es_num_examples=32", "--eval_pgd_steps=2", "--eval_pgd_restarts=1", "--eval_num_examples=32",
-            "--tensorboard=false", "--method=fast_at", "--architecture=resnet18", "--lr_schedule=one_cycle", "--lr_max=0.1",
-            "--momentum=0.95", "--base_momentum=0.85", "--weight_averaging=0.9", "--label_smoothing=0.4"]
+            "--tensorboard=false", "--method=fast_at", "--architecture=resnet18", "--lr_schedule=one_cycle",
+            "--lr_max=0.1", "--momentum=0.95", "--base_momentum=0.85", "--weight_averaging=0.9", "--label_smoothing=0.4"]
     result = subprocess.run([sys.executable, "-m", "tf_fastbat.train", *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]

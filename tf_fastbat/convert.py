@@ -105,8 +105,8 @@ def convert(f, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) 
     normalize = classifier.get_layer("normalize")
     shown_mean = ",".join(f"{v:.6g}" for v in normalize.input_mean)
     shown_std = ",".join(f"{v ** 0.5:.6g}" for v in normalize.input_variance)
-    return (f"wrote {f.output}: {f.architecture}, {classifier.count_params():,} parameters, {classifier.output.shape[-1]} "
-            f"classes, input normalization mean={shown_mean} std={shown_std}")
+    return (f"wrote {f.output}: {f.architecture}, {classifier.count_params():,} parameters, "
+            f"{classifier.output.shape[-1]} classes, input normalization mean={shown_mean} std={shown_std}")
 
 
 def main(argv) -> None:

@@ -40,7 +40,7 @@ def _configure_runtime(f) -> None:
 def run(f=FLAGS) -> dict:
     """Train, keep best and last checkpoints, evaluate both on the test split, write report.json.
 
-    Downward, one step per helper: settings -> data -> record -> model and trainer -> resume -> callbacks -> fit ->
+    Downward, one step per helper: settings -> data -> model and trainer -> record -> resume -> callbacks -> fit ->
     test evaluation -> report (and export).
     """
     from tf_fastbat import data, distribution, interrupt, methods, resume
@@ -54,8 +54,8 @@ def run(f=FLAGS) -> dict:
                          drop_remainder=strategy.num_replicas_in_sync > 1, with_index=method.needs_index)
     steps_per_epoch = splits.steps_per_epoch(f.batch_size, strategy.num_replicas_in_sync, f.steps_per_epoch)
     chief = distribution.is_chief()
+    classifier, trainer = _build(f, method, source, splits, steps_per_epoch, strategy)  # a bad --model: nothing written
     run_record = _start_record(f, method, source, strategy, chief)
-    classifier, trainer = _build(f, method, source, splits, steps_per_epoch, strategy)
     state, restored = _restore(f, trainer, strategy, run_record, steps_per_epoch)
     val_x, val_y = splits.validation_examples(es_examples)
     stop = interrupt.StopRequest()

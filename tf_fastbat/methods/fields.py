@@ -212,7 +212,8 @@ def _check_fraction(method, name: str, value: Any, spec: Spec) -> None:
     except UsageError as error:
         problem = str(error).split(": ", 1)[1]
         if name == "eps" and value == 0:
-            flag_problem = f"{method.name} attacks in an eps-ball; 0 leaves it nothing to attack (use --method=standard)"
+            flag_problem = (f"{method.name} attacks in an eps-ball; 0 leaves it nothing to attack "
+                            "(use --method=standard)")
         else:
             flag_problem = f"must be in {'[' if zero_ok else '('}0, {units.UNIT:g}] (1/255 units)"
         raise HParamError(name, value, problem, PIXEL, flag_problem) from None
