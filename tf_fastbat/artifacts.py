@@ -1,6 +1,6 @@
 """What a model path names, resolved without loading anything: a training workdir (its best, else last,
 checkpoint), a .keras file, a SavedModel directory, a TF Serving model directory (its newest version), or a
-shipped model, `pretrained:NAME`. Every tool resolves --model, --checkpoint and --surrogate here, and reads the
+shipped model, `pretrained:NAME`. Every tool resolves --model (and --surrogate) here, and reads the
 training settings recorded with a model through `recorded_settings`."""
 
 from __future__ import annotations

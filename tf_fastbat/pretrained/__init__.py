@@ -1,5 +1,5 @@
 """Robust classifiers trained by this library and shipped inside the package: `pretrained:NAME` names one wherever
-a model is named (`models.load`, `tf_fastbat.evaluate --model`, `tf_fastbat.export --checkpoint`).
+a model is named (`models.load`, the tools' `--model`).
 
 Each is two package files beside this module: NAME.keras, the classifier ([0, 1] NHWC images -> logits), and
 NAME.json, its card: the training settings as the run recorded them (config.json, with the dataset under its
