@@ -163,7 +163,8 @@ class Evaluator:
         from tf_fastbat.evaluation import classifier_logits
 
         loaded = models.load(checkpoint_path)
-        key = (config["model"], config["activation"], config["width_multiplier"], config["dataset"])
+        key = (config.get("architecture"), config.get("model"), config["activation"], config["width_multiplier"],
+               config["dataset"])
         if key not in self._classifiers:
             self._classifiers[key] = (loaded, classifier_logits(loaded))
         else:

@@ -1,9 +1,7 @@
 """python -m export.client (from the repository): the serving client, tf_fastbat.serving.client, also installed as
 the console script tf-fastbat-client."""
 
-import sys
-
 from tf_fastbat.serving.client import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="export.client"))
+    main(prog="export.client")

@@ -112,7 +112,7 @@ LAYERS = (
     ("parts", ("models", "data", "methods", "attacks", "optim", "serving", "plots", "distribution", "backup",
                "weight_averaging")),
     ("assembly", ("metrics", "evaluation", "trainer", "callbacks", "resume", "artifacts", "publish")),
-    ("tools", ("cli", "config", "train", "evaluate", "export", "convert")),
+    ("tools", ("cli", "config", "method_flags", "train", "evaluate", "export", "convert", "serving.client")),
 )
 
 

@@ -74,6 +74,8 @@ def run(tmp_path_factory, cifar_slice):
     best, last = probed_classifier(1, x_train, y_train), probed_classifier(2, x_train, y_train, small=True)
     checkpoints.save_model_atomic(best, str(workdir / "checkpoints" / "best.keras"))
     checkpoints.save_model_atomic(last, str(workdir / "checkpoints" / "last.keras"))
+    # config.json as training wrote it before the flags' renaming ("model" the architecture, eval_attack_step and
+    # eval_restarts): an older run still exports with its own evaluation settings (record.current_settings).
     config = {"dataset": f"npz:{SHARED_SLICE}", "method": "fast_bat", "eps": 8.0, "seed": 5, "model": "preact_resnet18",
               "activation": "relu", "width_multiplier": 0.125, "epochs": 2, "eval_eps": [f"{EPS_255:g}"],
               "eval_attack_step": 3, "eval_restarts": 2, "eval_num_examples": N, "class_names": CIFAR_CLASSES,
@@ -180,9 +182,9 @@ def jobs(run, tmp_path_factory):
             f.write(png_bytes(image))
     pipes = {"cwd": ROOT, "env": ENV, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     processes = {
-        "export": subprocess.Popen([sys.executable, "-m", "tf_fastbat.export", f"--checkpoint={run['workdir']}",
+        "export": subprocess.Popen([sys.executable, "-m", "tf_fastbat.export", f"--model={run['workdir']}",
                                     f"--export_dir={export_dir}", "--model_name=tiny", f"--num_examples={N}",
-                                    "--attack_step=3", "--restarts=2"], **pipes),
+                                    "--pgd_steps=3", "--pgd_restarts=2"], **pipes),
         "fresh": subprocess.Popen([sys.executable, "-c", FRESH_PROCESS, str(version_dir), str(folder / "in.npz"),
                                    str(folder / "out.npz"), *png_files], **pipes),
         "show": subprocess.Popen([sys.executable, "-c", WAIT_THEN_SHOW,
@@ -358,13 +360,13 @@ def test_gradients_flow_through_the_loaded_signature(run, cli_export):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--checkpoint=/nonexistent/run"], "--checkpoint=/nonexistent/run: no such file or directory"),
-    (["--checkpoint={tmp}"], "no checkpoints/best.keras or checkpoints/last.keras in this workdir"),
-    (["--checkpoint={tmp}/model.h5"], "expected a training workdir or a .keras file"),
-    (["--checkpoint={tmp}/broken.keras"], "not a .keras archive"),
-    (["--checkpoint={tmp}/fake.keras", "--eps=0.03"], "--eps=0.03: eps is in 1/255 units"),
-    (["--checkpoint={tmp}/fake.keras", "--num_examples=5"], "--dataset is required"),
-    (["--checkpoint={tmp}/fake.keras", "--model_name=3"], "--model_name='3': must be a plain directory name"),
+    (["--model=/nonexistent/run"], "--model=/nonexistent/run: no such file or directory"),
+    (["--model={tmp}"], "no checkpoints/best.keras or checkpoints/last.keras in this workdir"),
+    (["--model={tmp}/model.h5"], "expected a training workdir or a .keras file"),
+    (["--model={tmp}/broken.keras"], "not a .keras archive"),
+    (["--model={tmp}/fake.keras", "--eps=0.03"], "--eps=0.03: eps is in 1/255 units"),
+    (["--model={tmp}/fake.keras", "--num_examples=5"], "--dataset is required"),
+    (["--model={tmp}/fake.keras", "--model_name=3"], "--model_name='3': must be a plain directory name"),
 ])
 def test_cli_bad_input_gets_one_line(tmp_path, args, message):
     (tmp_path / "model.h5").write_bytes(b"x")

@@ -17,7 +17,7 @@ for path in sorted(glob.glob("flags/*.cfg")):
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["train", "--flagfile=" + path])
         config.validate_training(flags.FLAGS)
-        print("ok", path, flags.FLAGS.method, flagtypes.in_units(flags.FLAGS.eps), flags.FLAGS.model)
+        print("ok", path, flags.FLAGS.method, flagtypes.in_units(flags.FLAGS.eps), flags.FLAGS.architecture)
     except Exception as error:
         failures.append(f"{path}: {error}")
 print("\\n".join(failures))

@@ -33,9 +33,9 @@ def test_early_stopping_writes_best_keras_for_folder_data(tmp_path, cifar_slice)
     workdir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "tf_fastbat.train", f"--dataset=folder:{tree}", "--image_size=32",
-         f"--workdir={workdir}", "--model=preact_resnet18", "--width_multiplier=0.0625", "--epochs=2",
-         "--batch_size=8", "--val_ratio=0.25", "--es_attack_step=1", "--es_restarts=1", "--eval_attack_step=1",
-         "--eval_restarts=1", "--tensorboard=false"],
+         f"--workdir={workdir}", "--architecture=preact_resnet18", "--width_multiplier=0.0625", "--epochs=2",
+         "--batch_size=8", "--val_ratio=0.25", "--es_pgd_steps=1", "--es_pgd_restarts=1", "--eval_pgd_steps=1",
+         "--eval_pgd_restarts=1", "--tensorboard=false"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workdir / "checkpoints" / "best.keras").is_file()

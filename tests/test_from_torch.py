@@ -321,7 +321,7 @@ def convert(*args):
 def test_cli_writes_a_loadable_keras_model(zoo_preact, images, tmp_path):
     model, path = zoo_preact
     output = tmp_path / "out" / "preact18.keras"
-    result = convert(f"--torch_checkpoint={path}", "--model=preact_resnet18", f"--output={output}",
+    result = convert(f"--torch_checkpoint={path}", "--architecture=preact_resnet18", f"--output={output}",
                      f"--width_multiplier={WIDTH}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {output}" in result.stdout
@@ -344,7 +344,7 @@ def test_cli_refuses_a_checkpoint_that_does_not_fit(zoo_preact, tmp_path, case, 
     torch.save(state, tmp_path / "model.pth")
     output = tmp_path / "model.keras"
     result = convert(f"--torch_checkpoint={tmp_path / 'model.pth'}", f"--output={output}",
-                     "--model=resnet18" if case == "wrong_model" else "--model=preact_resnet18",
+                     "--architecture=resnet18" if case == "wrong_model" else "--architecture=preact_resnet18",
                      f"--width_multiplier={WIDTH}")
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if "tf_fastbat.convert: error" in line]

@@ -50,7 +50,7 @@ def test_softplus_has_the_zoo_beta_of_ten():
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="unknown --model"):
+    with pytest.raises(ValueError, match="unknown --architecture"):
         models.build("vgg16")
     with pytest.raises(ValueError, match="unknown --activation"):
         models.build("preact_resnet18", activation="gelu")

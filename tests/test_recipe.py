@@ -346,9 +346,9 @@ for path in sorted(glob.glob("flags/fastat_benchmark_*.cfg")):
 print(json.dumps(out))
 """
 # configs/cifar10/common.yaml and <method>.yaml, and main.py's OneCycleLR (torch's momentum defaults).
-BENCHMARK = {"model": "resnet18", "batch_size": 128, "epochs": 100, "lr_schedule": "one_cycle", "lr_max": 0.1,
+BENCHMARK = {"architecture": "resnet18", "batch_size": 128, "epochs": 100, "lr_schedule": "one_cycle", "lr_max": 0.1,
              "momentum": 0.95, "base_momentum": 0.85, "cycle_momentum": True, "weight_decay": 5e-4,
-             "label_smoothing": 0.4, "eps": 8.0, "val_ratio": 0.02, "es_attack_step": 10, "es_restarts": 1,
+             "label_smoothing": 0.4, "eps": 8.0, "val_ratio": 0.02, "es_pgd_steps": 10, "es_pgd_restarts": 1,
              "input_normalization": False}
 
 
@@ -375,7 +375,7 @@ def test_the_benchmark_flagfiles_hold_its_recipe():
     ga = parsed["flags/fastat_benchmark_resnet18_fast_at_ga_eps8.cfg"]
     assert ga["attack_lr"] == 8.0 and ga["ga_coef"] == 0.2  # grad_align.py: FGSM step eps, cos lambda 0.2
     pgd = parsed["flags/fastat_benchmark_resnet18_pgd_eps8.cfg"]
-    assert (pgd["attack_step"], pgd["attack_lr"]) == (10, 2.0)  # torchattacks PGD(alpha=2/255, steps=10)
+    assert (pgd["attack_steps"], pgd["attack_lr"]) == (10, 2.0)  # torchattacks PGD(alpha=2/255, steps=10)
 
 
 @pytest.mark.slow  # one tiny end-to-end training run (about a minute on 2 cores)
@@ -384,10 +384,10 @@ def test_the_training_tool_validates_checkpoints_and_backs_up_the_average(tmp_pa
 
     workdir = tmp_path / "run"
     args = [f"--workdir={workdir}", f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32",
-            "--steps_per_epoch=2", "--epochs=2", "--backup_every_seconds=0", "--es_attack_step=2", "--es_restarts=1",
-            "--es_num_examples=32", "--eval_attack_step=2", "--eval_restarts=1", "--eval_num_examples=32",
-            "--tensorboard=false", "--method=fast_at", "--model=resnet18", "--lr_schedule=one_cycle", "--lr_max=0.1",
-            "--momentum=0.95", "--base_momentum=0.85", "--weight_averaging=0.9", "--label_smoothing=0.4"]
+            "--steps_per_epoch=2", "--epochs=2", "--backup_every_seconds=0", "--es_pgd_steps=2", "--es_pgd_restarts=1",
+            "--es_num_examples=32", "--eval_pgd_steps=2", "--eval_pgd_restarts=1", "--eval_num_examples=32",
+            "--tensorboard=false", "--method=fast_at", "--architecture=resnet18", "--lr_schedule=one_cycle",
+            "--lr_max=0.1", "--momentum=0.95", "--base_momentum=0.85", "--weight_averaging=0.9", "--label_smoothing=0.4"]
     result = subprocess.run([sys.executable, "-m", "tf_fastbat.train", *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]

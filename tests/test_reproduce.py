@@ -25,8 +25,8 @@ for argv in json.loads(sys.argv[1]):
     config.validate_training(flags.FLAGS)
     out.append({"hparams": config.method_hparams(flags.FLAGS), "width": flags.FLAGS.width_multiplier,
                 "activation": flags.FLAGS.activation, "epochs": flags.FLAGS.epochs, "seed": flags.FLAGS.seed,
-                "dataset": flags.FLAGS.dataset, "eval_attack_step": flags.FLAGS.eval_attack_step,
-                "eval_restarts": flags.FLAGS.eval_restarts})
+                "dataset": flags.FLAGS.dataset, "eval_pgd_steps": flags.FLAGS.eval_pgd_steps,
+                "eval_pgd_restarts": flags.FLAGS.eval_pgd_restarts})
 print(json.dumps(out))
 """
 
@@ -42,7 +42,7 @@ def test_every_cell_command_parses_and_validates():
     for cell, flags in zip(cells, parsed):
         assert flags["hparams"]["eps"] == pytest.approx(cell.eps / 255.0)
         assert flags["seed"] == cell.seed and flags["dataset"] == "bundled:cifar10_slice"
-        assert (flags["eval_attack_step"], flags["eval_restarts"]) == (50, 10)  # PGD-50-10
+        assert (flags["eval_pgd_steps"], flags["eval_pgd_restarts"]) == (50, 10)  # PGD-50-10
         assert flags["width"] == 0.125
     by_name = {cell.name: flags for cell, flags in zip(cells, parsed)}
     assert by_name["pgd_eps8_seed0"]["hparams"]["steps"] == 2
@@ -134,7 +134,7 @@ def test_powered_cells_parse_with_their_part_epochs_and_the_shared_slice():
     for cell, flags in zip(cells, json.loads(result.stdout.strip().splitlines()[-1])):
         assert flags["hparams"]["eps"] == pytest.approx(cell.eps / 255.0) and flags["seed"] == cell.seed
         assert flags["epochs"] == powered_grid.PARTS[f"eps{cell.eps}"].epochs
-        assert flags["width"] == 0.25 and (flags["eval_attack_step"], flags["eval_restarts"]) == (50, 2)
+        assert flags["width"] == 0.25 and (flags["eval_pgd_steps"], flags["eval_pgd_restarts"]) == (50, 2)
         assert flags["dataset"] == "npz:../shared/data/cifar10_subset.npz"
     assert (ROOT / ".." / "shared" / "data" / "cifar10_subset.npz").exists()  # the path, from the runner's cwd
 
@@ -152,7 +152,7 @@ def test_full_cifar10_cells_parse_with_the_full_data_width_and_evaluation():
     assert result.returncode == 0, result.stderr[-2000:]
     for cell, flags in zip(args.cells, json.loads(result.stdout.strip().splitlines()[-1])):
         assert flags["hparams"]["eps"] == pytest.approx(cell.eps / 255.0) and flags["epochs"] == 10
-        assert flags["width"] == 0.25 and (flags["eval_attack_step"], flags["eval_restarts"]) == (20, 1)
+        assert flags["width"] == 0.25 and (flags["eval_pgd_steps"], flags["eval_pgd_restarts"]) == (20, 1)
         assert flags["dataset"] == "npz:../shared/data/cifar10.npz"
     assert (ROOT / ".." / "shared" / "data" / "cifar10.npz").exists()
     with pytest.raises(SystemExit):  # the small-data cells are not in --part=full

@@ -30,8 +30,8 @@ from conftest import BUNDLED_SLICE, ROOT
 
 STEPS, EPOCHS, EVERY = 8, 2, 2
 TINY = [f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32", f"--steps_per_epoch={STEPS}",
-        f"--epochs={EPOCHS}", f"--backup_every_steps={EVERY}", "--backup_every_seconds=0", "--es_attack_step=2",
-        "--es_restarts=1", "--es_num_examples=32", "--eval_attack_step=2", "--eval_restarts=1",
+        f"--epochs={EPOCHS}", f"--backup_every_steps={EVERY}", "--backup_every_seconds=0", "--es_pgd_steps=2",
+        "--es_pgd_restarts=1", "--es_num_examples=32", "--eval_pgd_steps=2", "--eval_pgd_restarts=1",
         "--eval_num_examples=32", "--tensorboard=false"]
 # Step backups inside each epoch (global steps 8 and 16 are epoch ends). A SIGTERM is answered at the next step
 # boundary, so not after an epoch's last step backup, or the answer could be the epoch-end backup.

@@ -415,7 +415,7 @@ def test_command_line_client_prints_one_json_line_per_input_without_tensorflow(s
         files.append(tmp_path / f"{index}.png")
         files[-1].write_bytes(encode(image))
     result = run_client(f"--rest={rest.url}", f"--model_name={MODEL}", f"--metadata={served['model_dir']}",
-                        "--batch_size=2", *map(str, files))
+                        "--request_batch_size=2", *map(str, files))
     assert result.returncode == 0, result.stderr[-2000:]
     assert not re.search(r"\| +tensorflow(\.|$)", result.stderr, re.M), "the REST client must not load TensorFlow"
     rows = [json.loads(line) for line in result.stdout.splitlines()]

@@ -21,9 +21,9 @@ with tfds.testing.mock_data(num_examples=int(sys.argv[1])):
     sys.argv = ["tf_fastbat.{tool}", *sys.argv[2:]]
     {tool}.console_main()
 """
-TINY = ["--model=preact_resnet18", "--width_multiplier=0.0625", "--epochs=1", "--steps_per_epoch=2",
-        "--batch_size=8", "--es_attack_step=1", "--es_restarts=1", "--es_num_examples=8", "--eval_attack_step=1",
-        "--eval_restarts=1", "--eval_num_examples=8", "--tensorboard=false"]
+TINY = ["--architecture=preact_resnet18", "--width_multiplier=0.0625", "--epochs=1", "--steps_per_epoch=2",
+        "--batch_size=8", "--es_pgd_steps=1", "--es_pgd_restarts=1", "--es_num_examples=8", "--eval_pgd_steps=1",
+        "--eval_pgd_restarts=1", "--eval_num_examples=8", "--tensorboard=false"]
 
 
 def under_mock(tool: str, examples: int, *args: str) -> subprocess.CompletedProcess:
@@ -46,8 +46,8 @@ def test_train_evaluate_and_export_a_tfds_dataset(tmp_path, dataset, extra):
     evaluation = json.loads((workdir / "evaluation.json").read_text())
     assert evaluation["dataset"] == dataset and evaluation["num_examples"] == 8
     assert set(evaluation["robust_accuracy"]) == {"pgd-1-1"}
-    under_mock("export", 48, f"--checkpoint={workdir}", f"--export_dir={exports}", "--model_name=again",
-               "--num_examples=8", "--attack_step=1")
+    under_mock("export", 48, f"--model={workdir}", f"--export_dir={exports}", "--model_name=again",
+               "--num_examples=8", "--pgd_steps=1")
     assert sorted(os.listdir(exports / "tf_fastbat")) == ["1", "2"]  # training's last and best
     metadata = json.loads((exports / "again" / "1" / "assets" / "metadata.json").read_text())
     assert metadata["dataset"] == dataset and metadata["evaluation"]["num_examples"] == 8

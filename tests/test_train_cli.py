@@ -13,8 +13,8 @@ import pytest
 from conftest import BUNDLED_SLICE, ROOT
 
 TINY = [f"--dataset=npz:{BUNDLED_SLICE}", "--width_multiplier=0.125", "--batch_size=32", "--steps_per_epoch=2",
-        "--es_attack_step=2", "--es_restarts=1", "--es_num_examples=32", "--eval_attack_step=3",
-        "--eval_restarts=1", "--eval_num_examples=64", "--tensorboard=false"]
+        "--es_pgd_steps=2", "--es_pgd_restarts=1", "--es_num_examples=32", "--eval_pgd_steps=3",
+        "--eval_pgd_restarts=1", "--eval_num_examples=64", "--tensorboard=false"]
 
 
 def train(*args, check=True, timeout=600):
@@ -31,12 +31,12 @@ def train(*args, check=True, timeout=600):
     ("--attack_lr=0.5", "--attack_lr=0.5"),
     ("--dataset=npz:/nonexistent/data.npz", "/nonexistent/data.npz: file not found"),
     ("--val_ratio=1.5", "--val_ratio=1.5"),
-    ("--lmbda=-1", "--lmbda=-1.0: must be >= 0"),
+    ("--lmbda=-1", "--lmbda=-1: must be >= 0"),
     ("--backup_every_steps=-1", "--backup_every_steps=-1: must be >= 0"),
     ("--backup_every_seconds=-5", "--backup_every_seconds=-5: must be >= 0"),
     ("--method=liet --liet_mask_ratio=0.5,0.1", "--liet_mask_ratio=0.5,0.1: give r_min,r_max"),
-    ("--method=liet --attack_lr=4", "--attack_lr: --method=liet has no attack step"),
-    ("--method=elle_a --elle_optimizer_steps=0", "--elle_optimizer_steps=0: must be >= 1"),
+    ("--method=liet --attack_lr=4", "--attack_lr=4: --method=liet does not take it"),
+    ("--method=elle_a --elle_optimizer_steps=0", "--elle_optimizer_steps=0: must be a whole number >= 1"),
 ])
 def test_bad_input_gets_one_line_naming_the_flag(tmp_path, flag, message):
     result = train(f"--workdir={tmp_path}", "--dataset=npz:" + str(BUNDLED_SLICE), *flag.split(), check=False,

@@ -63,7 +63,10 @@ def test_fractions_pass_and_the_official_fast_bat_step_is_not_a_pixel_fraction()
 def test_direct_construction_is_checked_and_the_trainer_checks_what_construction_could_not():
     with pytest.raises(UsageError, match=r"^eps=8: "):
         FastAT(eps=8)
-    elle = ElleA(eps=8)  # ELLE's own __post_init__ does not chain to Method's: the trainer refuses it
+    with pytest.raises(UsageError, match=r"^eps=8: "):
+        ElleA(eps=8)  # every method checks its fields at construction (methods.fields.validate)
+    elle = ElleA(eps=8 / 255)
+    object.__setattr__(elle, "eps", 8)  # what construction could not see: a field changed afterwards
     with pytest.raises(UsageError, match=r"^eps=8: "):
         assemble(tiny_classifier(), elle, sgd(0.01, 0.9, 0.0), seed=0)
 

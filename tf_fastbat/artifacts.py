@@ -1,6 +1,6 @@
 """What a model path names, resolved without loading anything: a training workdir (its best, else last,
 checkpoint), a .keras file, a SavedModel directory, a TF Serving model directory (its newest version), or a
-shipped model, `pretrained:NAME`. Every tool resolves --model, --checkpoint and --surrogate here, reads the
+shipped model, `pretrained:NAME`. Every tool resolves --model (and --surrogate) here, reads the
 training settings recorded with a model through `recorded_settings`, and loads it as a logits function
 (`load_logits_fn`, `check_model_fits`): the tools' side of evaluation, whose measurement (tf_fastbat.evaluation)
 takes any logits function."""

@@ -23,6 +23,7 @@ from tf_fastbat.errors import UsageError
 FLAGS = flags.FLAGS
 TOOL = "tf_fastbat.evaluate"
 AA_VERSIONS = ("standard", "plus", "rand")
+RENAMED = (("batch_size", "attack_batch_size"),)  # (old, new)
 
 
 def parse_attacks(values: Sequence[str]) -> List[str]:
@@ -117,12 +118,15 @@ def write_plots(paths: Dict[str, str], name: str, result: Dict, compare: Dict[st
     return written
 
 
-def define_flags() -> None:
-    """The tool's flags, each with its check beside it."""
-    flags.DEFINE_string("model", None, f"A training workdir (its {record.CHECKPOINT_FOLDER}/{record.checkpoint_file('best')}), a .keras file mapping [0, 1] "
-                        "NHWC images to logits, an exported SavedModel directory (serving_default signature), or a "
-                        "shipped robust model, pretrained:NAME (e.g. pretrained:cifar10_fast_bat_eps8).")
+def define_model_flags() -> None:
+    flags.DEFINE_string("model", None, f"The model to evaluate: a training workdir (its {record.CHECKPOINT_FOLDER}/"
+                        f"{record.checkpoint_file('best')}), a .keras file mapping [0, 1] NHWC images to logits, an "
+                        "exported SavedModel directory (serving_default signature), or a shipped robust model, "
+                        "pretrained:NAME (e.g. pretrained:cifar10_fast_bat_eps8).")
     cli.validator("model", artifacts.resolve)
+
+
+def define_data_flags() -> None:
     flags.DEFINE_string("dataset", None, "A tensorflow_datasets name, npz:PATH or folder:PATH; its test split is used "
                         f"(default: the workdir's {record.CONFIG_FILE} dataset, a SavedModel's metadata, else cifar10).")
     flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
@@ -130,6 +134,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("image_size", None, "Image size for folder:/imagenet2012 data (default: the workdir's, 224).")
     flags.DEFINE_integer("num_examples", -1, "Evaluate the first N test examples (-1: all).")
     cli.validator("num_examples", lambda v: v == -1 or v >= 1, lambda v: f"--num_examples={v}: must be >= 1 or -1")
+
+
+def define_attack_flags() -> None:
     flagtypes.DEFINE_eps_list("eps", [], "Test eps list in 1/255 units, e.g. 4,8,12,16 (default: the workdir's "
                               "eval_eps or eps, else 8).")
     flags.DEFINE_list("attacks", ["pgd", "autoattack"], f"Comma list of {', '.join(attack_registry.names())} "
@@ -152,9 +159,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("transfer_steps", 20, "PGD steps on the surrogate.")
     cli.validator("transfer_steps", lambda v: v >= 0, lambda v: f"--transfer_steps={v}: must be >= 0")
     flags.DEFINE_integer("seed", 0, "Seed of every attack's randomness.")
-    flags.DEFINE_integer("batch_size", 256, "Attack batch size.")
-    cli.validator("batch_size", lambda v: v >= 1, lambda v: f"--batch_size={v}: must be >= 1")
+    flags.DEFINE_integer("attack_batch_size", 256, "Images per attack batch.")
+    cli.validator("attack_batch_size", lambda v: v >= 1, lambda v: f"--attack_batch_size={v}: must be >= 1")
     flags.DEFINE_boolean("gradient_alignment", True, "Also measure the gradient alignment at each eps.")
+    flags.register_multi_flags_validator(["attacks", "surrogate"], _check_surrogate)
+
+
+def define_output_flags() -> None:
     flags.DEFINE_boolean("plots", True, "Write the PNG plots.")
     flags.DEFINE_list("compare", [], "Other report JSONs shown beside this model in the table and RA plot.")
     cli.validator("compare", lambda paths: read_compare(paths) is not None)
@@ -162,7 +173,17 @@ def define_flags() -> None:
                         "else the training workdir or beside the .keras file; for a SavedModel runs/evaluate/<name>/ "
                         "in the current directory, never inside the export).")
     flags.DEFINE_string("workdir", None, "Folder for the outputs when --output is not given.")
-    flags.register_multi_flags_validator(["attacks", "surrogate"], _check_surrogate)
+
+
+def define_renamed_flags() -> None:
+    for old, new in RENAMED:
+        cli.renamed(old, new)
+
+
+def define_flags() -> None:
+    """The tool's flags by group, each with its check beside it."""
+    cli.define_groups([("Model", define_model_flags), ("Data", define_data_flags), ("Attacks", define_attack_flags),
+                       ("Outputs", define_output_flags), ("", define_renamed_flags)])
 
 
 def _check_surrogate(values: Dict) -> bool:
@@ -226,7 +247,7 @@ def run(f=FLAGS) -> Dict:
     settings = evaluation.Settings(pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts,
                                    cleverhans_steps=f.cleverhans_steps, cleverhans_restarts=f.cleverhans_restarts,
                                    aa_version=f.aa_version, transfer_steps=f.transfer_steps, seed=f.seed,
-                                   batch_size=f.batch_size, surrogate=surrogate.path if surrogate else None,
+                                   batch_size=f.attack_batch_size, surrogate=surrogate.path if surrogate else None,
                                    surrogate_label=surrogate.label if surrogate else None)
     print(f"Evaluating {artifact.path} ({artifact.kind}) on the first {len(x)} test examples of {dataset}; eps "
           f"{', '.join(report.eps_key(e) for e in eps_list)}; attacks: {', '.join(attacks) or 'none'}", flush=True)

@@ -95,6 +95,14 @@ class _InUnits(flags.ArgumentSerializer):
         return "" if value is None else f"{in_units(value):g}"
 
 
+def as_typed(flag: flags.Flag):
+    """A flag's value as a record writes it: eps flags back in 1/255 units (lists too), others as they are."""
+    value = flag.value
+    if value is None or not isinstance(flag.serializer, _InUnits):
+        return value
+    return [in_units(v) for v in value] if isinstance(value, list) else in_units(value)
+
+
 def DEFINE_eps(name: str, default: Optional[float], help: str, *, maximum: Optional[float] = UNIT,  # noqa: N802
                noun: str = "eps and step sizes are") -> None:
     """A flag typed in 1/255 units (`default` too) whose value is a fraction of 1."""

@@ -31,7 +31,7 @@ def training_metadata(config: Optional[Dict], report: Optional[Dict], kind: str,
                            ("clean_accuracy", "robust_accuracy", "num_examples", "seed")}
     return {
         "dataset": config.get("dataset"), "num_classes": num_classes, "class_names": list(class_names),
-        "checkpoint_kind": kind, "architecture": config.get("model"), "activation": config.get("activation"),
+        "checkpoint_kind": kind, "architecture": config.get("architecture"), "activation": config.get("activation"),
         "width_multiplier": config.get("width_multiplier"),
         "training": {"method": config.get("method"), "hparams": config.get("method_hparams"),
                      "eps_255": eps_255, "eps": None if eps_255 is None else eps_255 / 255.0,
@@ -75,9 +75,9 @@ def _test_examples(dataset: str, num_examples: int, data_dir, manual_dir, image_
     return test_arrays(dataset, num_examples, data_dir, manual_dir, image_size, seed)
 
 
-def export_checkpoint(checkpoint: str, export_dir: str, model_name: str = DEFAULT_MODEL_NAME,
+def export_checkpoint(model: str, export_dir: str, model_name: str = DEFAULT_MODEL_NAME,
                       dataset: Optional[str] = None, num_examples: int = 1000,
-                      eps_list: Optional[Sequence[float]] = None, attack_step: int = 10, restarts: int = 1,
+                      eps_list: Optional[Sequence[float]] = None, pgd_steps: int = 10, pgd_restarts: int = 1,
                       seed: Optional[int] = None, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
                       image_size: Optional[int] = None, examples=None) -> str:
     """Export a workdir's best (else last) model or a .keras file; measure it on `num_examples` test examples.
@@ -87,18 +87,19 @@ def export_checkpoint(checkpoint: str, export_dir: str, model_name: str = DEFAUL
     """
     from tf_fastbat.serving.saved_model import export_saved_model
 
-    artifact = artifacts.resolve(checkpoint, "checkpoint", saved_models=False)
+    artifact = artifacts.resolve(model, "model", saved_models=False)
     config = artifacts.recorded_settings(artifact)
     report_json = record.Workdir(artifact.workdir).results() if artifact.workdir else None
     dataset = dataset or config.get("dataset")
     if num_examples < 0:
         raise UsageError(f"--num_examples={num_examples}: must be >= 0 (0 skips the measurement)")
-    if attack_step < 0 or restarts < 1:
-        raise UsageError(f"--attack_step={attack_step} --restarts={restarts}: need attack_step >= 0, restarts >= 1")
+    if pgd_steps < 0 or pgd_restarts < 1:
+        raise UsageError(f"--pgd_steps={pgd_steps} --pgd_restarts={pgd_restarts}: need pgd_steps >= 0, "
+                         "pgd_restarts >= 1")
     if not eps_list:
         eps_list = fractions("eps", [str(e) for e in config.get("eval_eps") or []] or [str(config.get("eps", 8.0))])
     if num_examples and examples is None and not dataset:
-        raise UsageError(f"--dataset is required: {checkpoint} has no {record.CONFIG_FILE} to take it from "
+        raise UsageError(f"--dataset is required: {model} has no {record.CONFIG_FILE} to take it from "
                          "(or pass --num_examples=0 to skip the robustness measurement)")
     seed = config.get("seed", 0) if seed is None else seed
     image_size = config.get("image_size", 224) if image_size is None else image_size
@@ -108,7 +109,7 @@ def export_checkpoint(checkpoint: str, export_dir: str, model_name: str = DEFAUL
     try:
         classifier = models.load(artifact.file)
     except (ValueError, FileNotFoundError) as error:
-        raise UsageError(f"--checkpoint={checkpoint}: {one_line(error)}") from error
+        raise UsageError(f"--model={model}: {one_line(error)}") from error
     metadata = {**training_metadata(config, report_json, artifact.checkpoint, classifier),
                 "checkpoint": os.path.abspath(artifact.file), "dataset": dataset,
                 "eps_255": [in_units(e) for e in eps_list], "eps": list(eps_list), "tf_fastbat_version": __version__}
@@ -121,7 +122,7 @@ def export_checkpoint(checkpoint: str, export_dir: str, model_name: str = DEFAUL
         if tuple(x.shape[1:]) != tuple(classifier.input_shape[1:]):
             raise UsageError(f"--dataset={dataset}: images of shape {tuple(x.shape[1:])} do not fit the model's "
                              f"input {tuple(classifier.input_shape[1:])}")
-        evaluate = measurement(x, y, eps_list, attack_step, restarts, seed, dataset, metadata["training_evaluation"])
+        evaluate = measurement(x, y, eps_list, pgd_steps, pgd_restarts, seed, dataset, metadata["training_evaluation"])
     return export_saved_model(classifier, export_dir, model_name, metadata, evaluate,
                               preprocessing=preprocessing_for(dataset))
 
@@ -149,7 +150,7 @@ def export_after_training(workdir: str, export_dir: str, model_name: str = DEFAU
         if os.path.isfile(path):
             exported[kind] = export_checkpoint(
                 path, export_dir, model_name, num_examples=num_examples,
-                attack_step=config.get("eval_attack_step", 10), restarts=config.get("eval_restarts", 1),
+                pgd_steps=config.get("eval_pgd_steps", 10), pgd_restarts=config.get("eval_pgd_restarts", 1),
                 examples=examples)
     if not exported:
         raise UsageError(f"{workdir}: no {record.checkpoint_names()} to export")

@@ -99,8 +99,9 @@ class Workdir:
         return os.path.isfile(self.report)
 
     def settings(self) -> Dict:
-        """config.json, {} if absent; a one-line UsageError naming the file if unreadable."""
-        return _read(self.config)
+        """config.json in today's flag names (`current_settings`), {} if absent; a one-line UsageError naming the
+        file if unreadable."""
+        return current_settings(_read(self.config))
 
     def results(self) -> Optional[Dict]:
         """report.json, None before the run finishes."""
@@ -113,6 +114,24 @@ class Workdir:
     def extra(self) -> Dict:
         """extra_eval.json, {} before any extra measurement."""
         return _read(self.extra_evaluation)
+
+
+# The training flags renamed for one vocabulary across the tools (old name, new name); the old names still work for
+# a release (config.py), and an older run's config.json is read in the new names.
+RENAMED_TRAINING_FLAGS = (("es_attack_step", "es_pgd_steps"), ("es_restarts", "es_pgd_restarts"),
+                          ("eval_attack_step", "eval_pgd_steps"), ("eval_restarts", "eval_pgd_restarts"),
+                          ("attack_step", "attack_steps"), ("export_model_name", "model_name"))
+
+
+def current_settings(settings: Dict) -> Dict:
+    """A run's recorded settings in today's names: before the renaming, "model" held the architecture's name."""
+    current = dict(settings)
+    if "model" in current and "architecture" not in current:
+        current["architecture"], current["model"] = current.pop("model"), None
+    for old, new in RENAMED_TRAINING_FLAGS:
+        if old in current and new not in current:
+            current[new] = current.pop(old)
+    return current
 
 
 def of_checkpoint(keras_file: str) -> Optional[Workdir]:

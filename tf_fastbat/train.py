@@ -9,6 +9,7 @@ import time
 from absl import flags
 
 from tf_fastbat import cli, config
+from tf_fastbat.errors import UsageError
 
 FLAGS = flags.FLAGS
 TOOL = "tf_fastbat.train"
@@ -39,7 +40,7 @@ def _configure_runtime(f) -> None:
 def run(f=FLAGS) -> dict:
     """Train, keep best and last checkpoints, evaluate both on the test split, write report.json.
 
-    Downward, one step per helper: settings -> data -> record -> model and trainer -> resume -> callbacks -> fit ->
+    Downward, one step per helper: settings -> data -> model and trainer -> record -> resume -> callbacks -> fit ->
     test evaluation -> report (and export).
     """
     from tf_fastbat import data, distribution, interrupt, methods, resume
@@ -53,8 +54,8 @@ def run(f=FLAGS) -> dict:
                          drop_remainder=strategy.num_replicas_in_sync > 1, with_index=method.needs_index)
     steps_per_epoch = splits.steps_per_epoch(f.batch_size, strategy.num_replicas_in_sync, f.steps_per_epoch)
     chief = distribution.is_chief()
+    classifier, trainer = _build(f, method, source, splits, steps_per_epoch, strategy)  # a bad --model: nothing written
     run_record = _start_record(f, method, source, strategy, chief)
-    classifier, trainer = _build(f, method, source, splits, steps_per_epoch, strategy)
     state, restored = _restore(f, trainer, strategy, run_record, steps_per_epoch)
     val_x, val_y = splits.validation_examples(es_examples)
     stop = interrupt.StopRequest()
@@ -93,8 +94,7 @@ def _build(f, method, source, splits, steps_per_epoch: int, strategy):
     from tf_fastbat.trainer import assemble, sgd
 
     with strategy.scope():
-        classifier = models.build(f.model, source.num_classes, f.activation, f.width_multiplier,
-                                  source.image_shape, *config.input_statistics(source.mean, source.std, f))
+        classifier = _classifier(f, source)
         if f.sync_batch_norm == "true" or (f.sync_batch_norm == "auto" and strategy.num_replicas_in_sync > 1):
             distribution.synchronize_batch_norm(classifier)
         lr = optim.schedule(f.lr_schedule, epochs=f.epochs, steps_per_epoch=steps_per_epoch, lr_max=f.lr_max,
@@ -107,6 +107,47 @@ def _build(f, method, source, splits, steps_per_epoch: int, strategy):
                            jit_compile=f.jit_compile, num_examples=splits.num_train, steps_per_epoch=steps_per_epoch)
         trainer.average = weight_averaging.maybe(classifier, f.weight_averaging)
     return classifier, trainer
+
+
+def _classifier(f, source):
+    """The classifier to train: the --model file (a user's own architecture and starting weights), else the zoo's
+    --architecture. A model that cannot take the dataset's images or give its classes is refused naming --model."""
+    from tf_fastbat import artifacts, models, units
+
+    if not f.model:
+        return models.build(f.architecture, source.num_classes, f.activation, f.width_multiplier,
+                            source.image_shape, *config.input_statistics(source.mean, source.std, f))
+    path = artifacts.resolve(f.model, "model", saved_models=False).file
+    try:
+        classifier = models.load(path)
+    except ValueError as error:
+        raise UsageError(f"--model={f.model}: {error}") from error
+    check_trainable(classifier, f.model, tuple(source.image_shape), source.num_classes, units.rescaling_layer)
+    given = [name for name in config.ARCHITECTURE_FLAGS if f[name].present]
+    if given:
+        _note(f"--model={f.model}: training that model; {', '.join('--' + n for n in given)} do not apply")
+    return classifier
+
+
+def check_trainable(classifier, flag_value: str, image_shape, num_classes: int, rescaling_layer) -> None:
+    """A one-line UsageError naming --model when the classifier cannot train on these images and classes."""
+    inputs = getattr(classifier, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        raise UsageError(f"--model={flag_value}: the model must take one input, a batch of NHWC images")
+    shape = tuple(inputs[0].shape[1:])
+    if len(shape) != len(image_shape) or any(a is not None and a != b for a, b in zip(shape, image_shape)):
+        raise UsageError(f"--model={flag_value}: its input shape {shape} does not take the dataset's images "
+                         f"{tuple(image_shape)}")
+    classes = classifier.outputs[0].shape[-1] if getattr(classifier, "outputs", None) else None
+    if classes != num_classes:
+        raise UsageError(f"--model={flag_value}: it gives {classes} logits per image; the dataset has {num_classes} "
+                         "classes")
+    if not classifier.trainable_variables:
+        raise UsageError(f"--model={flag_value}: it has no trainable variables")
+    layer = rescaling_layer(classifier)
+    if layer:
+        raise UsageError(f"--model={flag_value}: its layer {layer!r} divides by 255, but the tools give [0, 1] "
+                         "images; remove that layer")
 
 
 def _restore(f, trainer, strategy, run_record, steps_per_epoch: int):
@@ -140,8 +181,8 @@ def _callbacks(f, method, classifier, trainer, state, restored, run_record, val_
                                every_steps=f.backup_every_steps, every_seconds=f.backup_every_seconds,
                                restored=restored, timer=timer, stop=stop,
                                agree=resume.Agreement(strategy) if resume.several_workers(strategy) else None)
-    validation = cb.RobustValidation(validated, run_record.checkpoints, val_x, val_y, eps, f.es_attack_step,
-                                     f.es_restarts, f.seed, verbose=chief)
+    validation = cb.RobustValidation(validated, run_record.checkpoints, val_x, val_y, eps, f.es_pgd_steps,
+                                     f.es_pgd_restarts, f.seed, verbose=chief)
     alignment = None if val_x is None else GradientAlignmentLogger(classifier, val_x[:512], val_y[:512], eps,
                                                                    seed=f.seed)
     return cb.training_callbacks(timer, validation, run_record.training_log, backup, alignment,
@@ -159,7 +200,7 @@ def _evaluate(f, run_record, test_x, test_y, chief: bool) -> dict:
             results["last"] = results["best"]  # the best epoch was the last: the same weights
         elif os.path.exists(path):
             results[name] = evaluation.pgd_report(evaluation.classifier_logits(models.load(path)), test_x, test_y,
-                                                  config.eval_eps_list(f), f.eval_attack_step, f.eval_restarts,
+                                                  config.eval_eps_list(f), f.eval_pgd_steps, f.eval_pgd_restarts,
                                                   f.seed, label=f"{name} checkpoint" if chief else None)
     return results
 
@@ -172,7 +213,8 @@ def _report(f, method, source, strategy, run_record, results: dict, history: dic
     epoch_seconds = history.get("epoch_seconds", [])
     return {**primary, "model": "best" if "best" in results else "last", "checkpoints": results,
             "best_epoch": run_record.best_epoch(),
-            "method": method.hparams(), "dataset": source.name, "architecture": f.model,
+            "method": method.hparams(), "dataset": source.name,
+            "architecture": None if f.model else f.architecture, "model": f.model or None,
             "width_multiplier": f.width_multiplier, "epochs": f.epochs, "train_seconds": train_seconds,
             "seconds_per_epoch": float(np.median(epoch_seconds)) if epoch_seconds else None,
             "replicas": strategy.num_replicas_in_sync}
@@ -195,7 +237,7 @@ def _publish(f, run_record, full: dict, results: dict, source, splits, val_x, te
     if f.export_dir:
         from tf_fastbat.publish import export_after_training
 
-        exported = export_after_training(run_record.root, f.export_dir, f.export_model_name,
+        exported = export_after_training(run_record.root, f.export_dir, f.model_name,
                                          examples=(test_x, test_y))
         print("\n".join(f"exported {kind}: {path}" for kind, path in exported.items()))
 

@@ -8,6 +8,8 @@ from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 import tensorflow as tf
 
 from tf_fastbat import units
+from tf_fastbat.methods import fields
+from tf_fastbat.methods.fields import PIXEL, SMOOTHING_APPLIES, hparam, within
 
 StateSpec = Dict[str, Tuple[Tuple[int, ...], tf.DType]]
 
@@ -42,8 +44,12 @@ class StepContext(NamedTuple):
 class Method:
     """A training method; `eps` and step sizes are fractions of the [0, 1] pixel range (8/255, not 8)."""
 
-    eps: float = 8.0 / 255.0
-    label_smoothing: float = 0.0  # torch's CrossEntropyLoss(label_smoothing=...), on the losses `smoothed_losses` names
+    eps: float = hparam(8.0 / 255.0, "Training eps: the L-inf radius of the training attack.", unit=PIXEL)
+    # torch's CrossEntropyLoss(label_smoothing=...), on the losses `smoothed_losses` names
+    label_smoothing: float = hparam(
+        0.0, "Label smoothing of the cross-entropy (torch's), on the losses the method applies it to "
+        "(FastAT_Benchmark: 0.4; the training loss, and the attack's for fast_at and n_fgsm).",
+        check=[within(0, 1, high_open=True), SMOOTHING_APPLIES])
 
     name = "method"
     needs_index: ClassVar[bool] = False  # True: the training batches carry the examples' positions (context.index)
@@ -59,7 +65,7 @@ class Method:
     eps_may_be_zero: ClassVar[bool] = False  # True for a method that does not attack (standard)
 
     def __post_init__(self):
-        self.check_units()
+        fields.validate(self)  # every field's checks (its metadata), the pixel fractions of `fraction_fields`
 
     def check_units(self) -> None:
         """A one-line UsageError naming the first field that is not a fraction of the [0, 1] pixel range."""

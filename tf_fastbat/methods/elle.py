@@ -20,8 +20,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_fastbat.methods import global_batch, state
+from tf_fastbat.methods import fields, global_batch, state
 from tf_fastbat.methods.base import Method, Step
+from tf_fastbat.methods.fields import FromFlag, at_least, hparam, one_of, whole, within
 from tf_fastbat.methods.common import ce_mean, input_gradient, scaled
 from tf_fastbat.methods.statistics import OfficialForwards
 
@@ -65,27 +66,32 @@ def adaptive_update(variables, error: tf.Tensor, lambda_max: float, decay_rate: 
 
 @dataclasses.dataclass(frozen=True)
 class ElleA(Method):
-    attack_lr: Optional[float] = None  # None: eps (the official scripts' --attack-step = --attack-eps)
-    input_noise_rate: float = 0.0  # r: the attack starts at x + r U[-eps, eps]; 2 gives N-FGSM + ELLE-A
-    clamp: bool = False  # project x_adv onto the eps-ball (official default: no projection)
-    lambda_schedule: str = "onoff"  # onoff: ELLE-A; constant: ELLE
-    lin_reg: Optional[float] = None  # onoff: lambda_max (None: 4000); constant: lambda (None: the scripts' table)
-    decay_rate: float = 0.99
-    sensitivity: float = 2.0
-    seed: int = 0  # of the triplet draws (the training seed)
+    attack_lr: Optional[float] = fields.attack_lr("eps (the official scripts' --attack-step = --attack-eps)")
+    input_noise_rate: float = hparam(0.0, "ELLE: the FGSM starts at x + rate U[-eps, eps] (official 0: from x; 2: "
+                                     "N-FGSM + ELLE-A).", flag="elle_input_noise_rate", check=at_least(0))
+    clamp: bool = hparam(False, "ELLE: project the FGSM point onto the eps-ball (official: no).", flag="elle_clamp")
+    lambda_schedule: str = hparam("onoff", "ELLE: onoff is ELLE-A (lambda raised to lin_reg on a linearity-error "
+                                  "spike, decayed otherwise); constant is ELLE.", check=one_of(SCHEDULES))
+    # onoff: lambda_max (None: 4000); constant: lambda (None: the scripts' table)
+    lin_reg: Optional[float] = hparam(None, "ELLE-A's lambda_max / ELLE's lambda.", type=float, check=at_least(0),
+                                      default_note="the official scripts: ELLE-A 4000; ELLE 1000 up to eps 8, 5000 "
+                                      "up to 20, 10000 beyond")
+    decay_rate: float = hparam(0.99, "ELLE-A: lambda's factor per step without a spike.", flag="elle_decay_rate",
+                               check=within(0, 1))
+    sensitivity: float = hparam(2.0, "ELLE-A: a spike is an error above mean + this many std.",
+                                flag="elle_sensitivity", check=at_least(0))
+    seed: int = hparam(0, "Seed of the triplet draws.", own_flag=False, from_flag=FromFlag("seed"))
     # The official trainer calls optimizer.step() twice per batch with the same gradient (its per-batch scheduler
     # stepped in between); 1: one step, as every other method here.
-    optimizer_steps_per_batch: int = 2
+    optimizer_steps_per_batch: int = hparam(
+        2, "ELLE: SGD steps per batch with the batch's gradient. The official trainer (core/utils/train.py) calls "
+        "optimizer.step() twice, its per-batch scheduler stepped in between (the second step takes the next step's "
+        "lr and momentum and the weight decay of the updated weights); 1: one step, as every other method here.",
+        flag="elle_optimizer_steps", check=whole(1))
 
     name = "elle_a"
     # FastAT_Benchmark's elle.py smooths the training CE only (its FGSM and the triplet losses use plain CE).
     smoothed_losses = ("training",)
-
-    def __post_init__(self):
-        if self.lambda_schedule not in SCHEDULES:
-            raise ValueError(f"lambda_schedule={self.lambda_schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        if int(self.optimizer_steps_per_batch) != self.optimizer_steps_per_batch or self.optimizer_steps_per_batch < 1:
-            raise ValueError(f"optimizer_steps_per_batch={self.optimizer_steps_per_batch}: must be a whole number >= 1")
 
     def regularization(self) -> float:
         """lambda_max of ELLE-A, or ELLE's fixed lambda."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from tf_fastbat.methods import fields
 from tf_fastbat.methods.base import Method
 from tf_fastbat.methods.common import train_on, project, signed_step
 
 
 @dataclasses.dataclass(frozen=True)
 class FastAT(Method):
-    attack_lr: Optional[float] = None  # None: 1.25 * eps, as in the official code
+    attack_lr: Optional[float] = fields.attack_lr("1.25 eps, as in the official code")
 
     name = "fast_at"
     smoothed_losses = ("attack", "training")  # FastAT_Benchmark's FGSM-RS uses its criterion for both

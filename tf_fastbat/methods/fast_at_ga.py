@@ -7,7 +7,9 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_fastbat.methods import fields
 from tf_fastbat.methods.base import Method, Step
+from tf_fastbat.methods.fields import at_least, hparam
 from tf_fastbat.methods.common import ce_mean, input_gradient, project, scaled
 from tf_fastbat.methods.statistics import OfficialForwards
 
@@ -41,8 +43,9 @@ def gradient_alignment(clean_gradient: tf.Tensor, noisy_gradient: tf.Tensor) -> 
 
 @dataclasses.dataclass(frozen=True)
 class FastATGA(Method):
-    ga_coef: Optional[float] = None  # None: the official table's value for eps
-    attack_lr: Optional[float] = None  # None: 1.25 eps
+    ga_coef: Optional[float] = hparam(None, "GradAlign coefficient of the gradient-alignment penalty.", type=float,
+                                      check=at_least(0), default_note="GradAlign's table for eps")
+    attack_lr: Optional[float] = fields.attack_lr("1.25 eps")
 
     name = "fast_at_ga"
     smoothed_losses = ("training",)  # FastAT_Benchmark's GradAlign: plain CE for the FGSM and alignment gradients

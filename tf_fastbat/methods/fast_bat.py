@@ -7,7 +7,9 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_fastbat.methods import fields
 from tf_fastbat.methods.base import Method, Step
+from tf_fastbat.methods.fields import above, at_least, hparam, one_of
 from tf_fastbat.methods.common import ce_sum, input_gradient, project, scaled, unscaled
 from tf_fastbat.methods.statistics import OfficialForwards
 
@@ -31,27 +33,21 @@ def interior_mask(delta: tf.Tensor, x: tf.Tensor, eps: float) -> tf.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class FastBAT(Method):
-    attack_lr: Optional[float] = None  # a = 1/lambda of eq. 8; None: the official rule
-    lmbda: float = 10.0  # the lambda of the implicit gradient (eq. 11); 0: 1/attack_lr, as the official trainer
-    linearization: str = "pgd_nosign"
-    implicit_gradient: str = "hessian_free"  # Table A4: eq. 11, or (lambda I - grad_dd CE)^-1 solved by CG
-    cg_steps: int = 5  # conjugate-gradient iterations of the Hessian-aware solve
+    # a = 1/lambda of eq. 8, Fast-BAT's non-sign lower-level step; None: the official rule
+    attack_lr: Optional[float] = fields.attack_lr("5000 for eps <= 8, else 2000 (the official non-sign step)",
+                                                  check=above(0))
+    lmbda: float = hparam(10.0, "Fast-BAT's lambda of the implicit gradient (eq. 11); 0 means 1/attack_lr, as in the "
+                          "official trainer.", check=at_least(0))
+    linearization: str = hparam("pgd_nosign", "Fast-BAT's linearization point (Remark 2, Table A3).",
+                                check=one_of(LINEARIZATIONS))
+    implicit_gradient: str = hparam("hessian_free", "Fast-BAT's implicit gradient (Table A4): eq. 11, or with "
+                                    "(lambda I - Hessian)^-1 solved by conjugate gradients.",
+                                    check=one_of(IMPLICIT_GRADIENTS))
+    cg_steps: int = hparam(5, "Conjugate-gradient iterations of implicit_gradient=hessian_aware.", check=at_least(1))
 
     name = "fast_bat"
     smoothed_losses = ("training",)  # the upper-level loss at delta* (not in FastAT_Benchmark; like its PGD-AT)
     fraction_fields = ("eps",)  # attack_lr is the non-sign step a (official 5000/255), not a pixel fraction
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.linearization not in LINEARIZATIONS:
-            raise ValueError(f"--linearization must be one of {', '.join(LINEARIZATIONS)}, got {self.linearization!r}")
-        if self.lmbda < 0:
-            raise ValueError(f"--lmbda must be >= 0 (0: 1/attack_lr), got {self.lmbda}")
-        if self.implicit_gradient not in IMPLICIT_GRADIENTS:
-            raise ValueError(f"--implicit_gradient must be one of {', '.join(IMPLICIT_GRADIENTS)}, "
-                             f"got {self.implicit_gradient!r}")
-        if self.cg_steps < 1:
-            raise ValueError(f"--cg_steps must be at least 1, got {self.cg_steps}")
 
     def step_size(self) -> float:
         return default_attack_lr(self.eps) if self.attack_lr is None else self.attack_lr

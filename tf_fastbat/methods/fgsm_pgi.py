@@ -17,7 +17,9 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_fastbat.methods import fields
 from tf_fastbat.methods.base import Method, Step, StepContext
+from tf_fastbat.methods.fields import at_least, hparam, within
 from tf_fastbat.methods.common import ce_mean, ce_sum, scaled, unscaled
 from tf_fastbat.methods.state import global_sum, write_rows
 
@@ -32,10 +34,17 @@ def clip_box(delta: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class FGSMPGI(Method):
-    attack_lr: Optional[float] = None  # alpha; None: 8/255 at every eps (FGSM_MEP.py's --alpha; FastAT_Benchmark: eps)
-    lamda: float = 10.0  # weight of the prior-guided MSE regularizer
-    momentum_decay: float = 0.3
-    epochs_reset: int = 40  # the stored perturbations restart from random corners every this many epochs
+    attack_lr: Optional[float] = fields.attack_lr(  # alpha
+        "8 at every eps (FGSM_MEP.py's --alpha, which also sets its reset corners; FastAT_Benchmark's fgsm_pgi.py "
+        "steps by eps)")
+    lamda: float = hparam(10.0, "FGSM-PGI weight of the prior-guided regularizer, the MSE between the logits at the "
+                          "adversarial and at the initialization point (official --lamda 10).", flag="pgi_lamda",
+                          check=at_least(0))
+    momentum_decay: float = hparam(0.3, "FGSM-PGI decay of each example's stored gradient momentum (official "
+                                   "--momentum_decay 0.3).", flag="pgi_momentum_decay", check=within(0, 1))
+    epochs_reset: int = hparam(40, "FGSM-PGI: every this many epochs the stored perturbations restart from random "
+                               "corners and the momenta from zero (official --epochs_reset 40).",
+                               flag="pgi_epochs_reset", check=at_least(1))
 
     name = "fgsm_pgi"
     needs_index = True

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tf_fastbat.methods import global_batch, state
 from tf_fastbat.methods.base import Method, Step, StepContext
+from tf_fastbat.methods.fields import FromFlag, at_least, check, hparam, within
 from tf_fastbat.methods.common import scaled, unscaled
 
 GRAY = 0.5  # the constant image whose class gradients give the label-indicative perturbation
@@ -62,6 +63,15 @@ def jensen_shannon(start_logits: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return (kl_batchmean(log_m, p) + kl_batchmean(log_m, q)) / 2.0
 
 
+def mask_ratio_problem(ratio) -> Optional[str]:
+    """What is wrong with (r_min, r_max), or None."""
+    try:
+        low, high = (float(v) for v in ratio)
+    except (TypeError, ValueError):
+        return "give r_min,r_max"
+    return None if 0.0 <= low <= high <= 1.0 else "give r_min,r_max with 0 <= r_min <= r_max <= 1"
+
+
 class Settings(NamedTuple):
     """LIET's hyperparameters with the official defaults filled in."""
     consistency_weight: float  # lambda
@@ -73,12 +83,23 @@ class Settings(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class LIET(Method):
     # None: the official configs.yaml at CIFAR-10 (cifar10 for eps <= 8/255, cifar10-eps16 above)
-    consistency_weight: Optional[float] = None  # lambda, reached in the last epoch: 100; 20 above 8/255
-    random_smoothing: Optional[float] = None  # s of CE_s: 0.6; 0.4 above 8/255
-    mask_ratio: Optional[Tuple[float, float]] = None  # (r_min, r_max): (0.1, 0.5); (0, 1) above 8/255
-    li_update: Optional[int] = None  # steps between label-indicative perturbations: 20; 10 above 8/255
-    ramp_epochs: float = 100.0  # E of lambda_e (the official loop: its number of epochs)
-    seed: int = 0  # of the step's draws (the training seed)
+    consistency_weight: Optional[float] = hparam(  # lambda
+        None, "LIET consistency weight reached in the last epoch (rises by lambda / --epochs per epoch).",
+        flag="liet_lambda", type=float, check=at_least(0), default_note="official 100, above eps 8: 20")
+    random_smoothing: Optional[float] = hparam(  # s of CE_s
+        None, "LIET random label smoothing s: 1 - s on the true class, s split at random over the others, drawn "
+        "anew per loss.", flag="liet_smoothing", type=float, check=within(0, 1, high_open=True),
+        default_note="official 0.6, above eps 8: 0.4")
+    mask_ratio: Optional[Tuple[float, float]] = hparam(  # (r_min, r_max)
+        None, "LIET r_min,r_max: each step replaces a U[r_min, r_max) share of the label-indicative start by noise.",
+        flag="liet_mask_ratio", type=tuple, check=check(mask_ratio_problem, "0 <= r_min <= r_max <= 1"),
+        default_note="official 0.1,0.5; above eps 8: 0,1")
+    li_update: Optional[int] = hparam(
+        None, "LIET: steps between label-indicative perturbations, counted from each epoch's first.",
+        flag="liet_li_update", type=int, check=at_least(1), default_note="official 20; above eps 8: 10")
+    # E of lambda_e (the official loop: its number of epochs)
+    ramp_epochs: float = hparam(100.0, "LIET's E of lambda_e.", own_flag=False, from_flag=FromFlag("epochs", float))
+    seed: int = hparam(0, "Seed of the step's draws.", own_flag=False, from_flag=FromFlag("seed"))
 
     name = "liet"
 
@@ -89,14 +110,6 @@ class LIET(Method):
             self.random_smoothing if self.random_smoothing is not None else 0.4 if large else 0.6,
             tuple(self.mask_ratio) if self.mask_ratio is not None else (0.0, 1.0) if large else (0.1, 0.5),
             self.li_update if self.li_update is not None else 10 if large else 20)
-
-    def __post_init__(self):
-        super().__post_init__()
-        lam, smoothing, (low, high), li_update = self.settings()
-        if not (0.0 <= low <= high <= 1.0) or not 0.0 <= smoothing < 1.0 or li_update < 1 or lam < 0:
-            raise ValueError(f"liet: need 0 <= r_min <= r_max <= 1, 0 <= s < 1, li_update >= 1 and lambda >= 0; got "
-                             f"mask_ratio=({low}, {high}), random_smoothing={smoothing}, li_update={li_update}, "
-                             f"consistency_weight={lam}")
 
     def hparams(self) -> dict:
         settings = self.settings()._asdict()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from tf_fastbat.methods import fields
 from tf_fastbat.methods.base import Method
+from tf_fastbat.methods.fields import PIXEL, hparam
 from tf_fastbat.methods.common import clip_to_box, train_on, signed_step
 
 
 @dataclasses.dataclass(frozen=True)
 class NFGSM(Method):
-    noise_magnitude: Optional[float] = None  # k; None: 2 eps
-    attack_lr: Optional[float] = None  # alpha; None: eps
+    noise_magnitude: Optional[float] = hparam(None, "N-FGSM's noise magnitude k: the attack starts from U[-k, k] "
+                                              "noise.", type=float, unit=PIXEL, default_note="2 eps")
+    attack_lr: Optional[float] = fields.attack_lr("eps")  # alpha
 
     name = "n_fgsm"
     smoothed_losses = ("attack", "training")  # FastAT_Benchmark's N-FGSM uses its criterion for both

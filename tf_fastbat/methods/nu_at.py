@@ -20,7 +20,9 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from tf_fastbat.methods import global_batch
+from tf_fastbat.methods import fields
 from tf_fastbat.methods.base import Method, Step
+from tf_fastbat.methods.fields import PIXEL, FromFlag, above, at_least, hparam
 from tf_fastbat.methods.common import ce_mean, project, scaled, unscaled
 
 NUC_MAX = 4.5  # NuAT_cifar10.py's Nuc_max (FastAT_Benchmark's reading uses 4.0)
@@ -48,10 +50,17 @@ def nuclear_surrogate(difference: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
 
 @dataclasses.dataclass(frozen=True)
 class NuAT(Method):
-    init_magnitude: Optional[float] = None  # B_val; None: eps / 2 (the official 4/255 at eps = 8/255)
-    attack_lr: Optional[float] = None  # None: eps (the official Feps = 8/255 at eps = 8/255)
-    nuc_max: float = NUC_MAX  # lambda's final value
-    nuc_ramp_epochs: float = OFFICIAL_EPOCHS - 10.0  # R: lambda reaches nuc_max after R epochs (official: epochs - 10)
+    init_magnitude: Optional[float] = hparam(None, "NuAT's Bernoulli start magnitude B_val.", flag="nuc_init",
+                                             type=float, unit=PIXEL, cli_maximum=None,
+                                             default_note="eps / 2, the official 4 at eps 8")
+    attack_lr: Optional[float] = fields.attack_lr("eps (the official Feps = 8 at eps 8)")
+    nuc_max: float = hparam(NUC_MAX, "NuAT's final nuclear-norm weight lambda (official NuAT_cifar10.py: 4.5).",
+                            check=at_least(0))
+    # R: lambda reaches nuc_max after R epochs (official: epochs - 10)
+    nuc_ramp_epochs: float = hparam(OFFICIAL_EPOCHS - 10.0, "NuAT: lambda rises by nuc_max / R per epoch for R "
+                                    "epochs.", check=above(0),
+                                    from_flag=FromFlag("epochs", lambda epochs: float(max(epochs - 10, 1)),
+                                                       "the official rule R = --epochs - 10, at least 1"))
 
     name = "nu_at"
     # FastAT_Benchmark's nu_at.py uses its smoothed criterion for the attack's CE and the training CE.

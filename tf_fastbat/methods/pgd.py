@@ -7,7 +7,9 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_fastbat.methods import fields
 from tf_fastbat.methods.base import Method
+from tf_fastbat.methods.fields import at_least, hparam
 from tf_fastbat.methods.common import train_on, project, signed_step
 
 
@@ -18,8 +20,8 @@ def default_step_size(eps: float, steps: int) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class PGD(Method):
-    steps: int = 2
-    attack_lr: Optional[float] = None
+    steps: int = hparam(2, "PGD-K-AT's attack steps K.", flag="attack_steps", check=at_least(1))
+    attack_lr: Optional[float] = fields.attack_lr("0.5 eps for 2 steps, otherwise 2")
 
     name = "pgd"
     smoothed_losses = ("training",)  # FastAT_Benchmark's PGD-AT attack is torchattacks' PGD, its own plain CE

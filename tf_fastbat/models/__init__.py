@@ -35,7 +35,7 @@ def build(name: str, num_classes: int = 10, activation: str = "relu", width_mult
     `options` go to the architecture (e.g. preact_resnet's final_bn, for checkpoints of other PreActResNets).
     """
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(NAMES)}")
+        raise ValueError(f"unknown --architecture {name!r}; choose one of {', '.join(NAMES)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown --activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     if width_multiplier <= 0:

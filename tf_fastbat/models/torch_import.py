@@ -141,16 +141,16 @@ def _numpy(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
 def _family(model: str, layout: str) -> str:
     """preact, resnet or wrn: which module tree `model` has; refuses layouts that the architecture lacks."""
     if model not in models.NAMES:
-        raise TorchImportError(f"unknown --model {model!r}; choose one of {', '.join(models.NAMES)}")
+        raise TorchImportError(f"unknown --architecture {model!r}; choose one of {', '.join(models.NAMES)}")
     if layout not in LAYOUTS:
         raise TorchImportError(f"unknown --layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if model == "resnet50_imagenet":
-        raise TorchImportError("--model=resnet50_imagenet has no PyTorch layout here: the zoo's 7x7 stem "
+        raise TorchImportError("--architecture=resnet50_imagenet has no PyTorch layout here: the zoo's 7x7 stem "
                                "(conv1_size=7) has no max-pool, so its checkpoints would give other logits")
     family = "preact" if model.startswith("preact_resnet") else "wrn" if model.startswith("wrn") else "resnet"
     if family == "wrn" and layout in ("robustbench", "kuangliu"):
-        raise TorchImportError(f"--layout={layout} is a PreActResNet/ResNet module tree; --model={model} has only "
-                               "the zoo's (RobustBench's WideResNet is another one)")
+        raise TorchImportError(f"--layout={layout} is a PreActResNet/ResNet module tree; --architecture={model} has "
+                               "only the zoo's (RobustBench's WideResNet is another one)")
     return family
 
 

@@ -1,5 +1,5 @@
 """Robust classifiers trained by this library and shipped inside the package: `pretrained:NAME` names one wherever
-a model is named (`models.load`, `tf_fastbat.evaluate --model`, `tf_fastbat.export --checkpoint`).
+a model is named (`models.load`, the tools' `--model`).
 
 Each is two package files beside this module: NAME.keras, the classifier ([0, 1] NHWC images -> logits), and
 NAME.json, its card: the training settings as the run recorded them (config.json, with the dataset under its
@@ -53,7 +53,9 @@ def card(path: str) -> Dict:
 
 def settings(path: str) -> Dict:
     """The training settings of a shipped model, as a workdir's config.json records them (eps in 1/255 units)."""
-    return dict(card(path)["settings"])
+    from tf_fastbat.record import current_settings
+
+    return current_settings(card(path)["settings"])
 
 
 def sha256(path: str) -> str:
