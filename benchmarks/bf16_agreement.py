@@ -36,9 +36,9 @@ def one_step(method_name: str, policy: str, weights, width: float, x, y, noise, 
     try:
         model = models.build("preact_resnet18", width_multiplier=width)
         model.set_weights(weights)
-        step = methods.build(method_name, eps=eps).step(model, x, y, noise)
-        flat = [np.asarray(g, np.float64).ravel() for g in step.grads]
-        return flat, np.asarray(step.x_adv)
+        grads, x_adv = methods.build(method_name, eps=eps).gradients(model, x, y, noise)
+        flat = [np.asarray(g, np.float64).ravel() for g in grads]
+        return flat, np.asarray(x_adv)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

@@ -13,6 +13,7 @@ import keras
 
 from tf_fastbat import methods
 from tf_fastbat.models.layers import batch_norm
+from tf_fastbat.methods.base import standalone_context
 
 BATCH = 16
 
@@ -274,7 +275,7 @@ def test_batch_norm_moving_averages_equal_the_official_sequence(case, graph, rea
     restore(model, before)
     method = methods.build(name, **hparams)
     step = tf.function(method.step) if graph else method.step
-    step(model, x, y, noise)
+    step(model, x, y, noise, standalone_context(method, model, x))
     after = moving_averages(model)
     for (mean, variance), (expected_mean, expected_variance), (old_mean, _) in zip(after, expected, before):
         assert np.abs(expected_mean - old_mean).max() > 1e-3, "the step must move the averages"

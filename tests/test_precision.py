@@ -13,6 +13,7 @@ from tensorflow.python.framework import config as tf_config
 
 from tf_fastbat import methods, optim
 from tf_fastbat import trainer as trainer_module
+from tf_fastbat.methods.base import standalone_context
 
 EPS = 8.0 / 255.0
 LOSS_SCALE = 2.0 ** 15  # Keras' initial dynamic loss scale
@@ -84,7 +85,8 @@ def gradient(policy, weights, x, y, noise, name="fast_bat", lmbda=10.0, loss_sca
     model.set_weights(weights)
     hparams = {"eps": EPS, "lmbda": lmbda, "attack_lr": ATTACK_LR} if name == "fast_bat" else {}
     scale = None if loss_scale is None else tf.constant(loss_scale)
-    grads = methods.build(name, **hparams).step(model, x, y, noise, loss_scale=scale).grads
+    method = methods.build(name, **hparams)
+    grads = method.step(model, x, y, noise, standalone_context(method, model, x), loss_scale=scale).grads
     return [g.numpy().astype(np.float64) / (1.0 if loss_scale is None else loss_scale) for g in grads]
 
 
@@ -149,10 +151,12 @@ def test_fast_at_ga_under_float16_with_loss_scaling_stays_finite_and_close(regim
     reference = tiny_classifier()
     reference.set_weights(weights)
     expected = [g.numpy().astype(np.float64)
-                for g in methods.build("fast_at_ga", **hparams).step(reference, x, y, noise).grads]
+                for g in methods.build("fast_at_ga", **hparams).gradients(reference, x, y, noise)[0]]
     model = tiny_classifier("mixed_float16")
     model.set_weights(weights)
-    grads = methods.build("fast_at_ga", **hparams).step(model, x, y, noise, loss_scale=tf.constant(LOSS_SCALE)).grads
+    method = methods.build("fast_at_ga", **hparams)
+    grads = method.step(model, x, y, noise, standalone_context(method, model, x),
+                        loss_scale=tf.constant(LOSS_SCALE)).grads
     grads = [g.numpy().astype(np.float64) / LOSS_SCALE for g in grads]
     assert all(np.isfinite(g).all() for g in grads)
     assert worst_relative_error(grads, expected) < 0.4

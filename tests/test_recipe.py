@@ -235,12 +235,14 @@ def test_label_smoothing_applies_where_the_benchmark_applies_it(method, attack, 
     import tensorflow as tf
 
     from tf_fastbat import methods
+    from tf_fastbat.methods.base import standalone_context
 
     model = tiny_classifier(0, batch_norm=False)
     x, y = batches(1, size=16)
     noise = tf.random.stateless_uniform(x.shape, (1, 2), -EPS, EPS)
     hparams = {"eps": EPS, "label_smoothing": 0.9, **({"steps": 2} if method == "pgd" else {})}
-    result = methods.build(method, **hparams).step(model, tf.constant(x), tf.constant(y), noise)
+    built = methods.build(method, **hparams)
+    result = built.step(model, tf.constant(x), tf.constant(y), noise, standalone_context(built, model, x))
     s_attack = 0.9 if smoothed_attack else 0.0
     x_adv, grads = benchmark_step(model, x, y, noise, s_attack, 0.9, attack)
     other_x_adv, _ = benchmark_step(model, x, y, noise, 0.9 - s_attack, 0.9, attack)

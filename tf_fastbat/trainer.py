@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Optional, Tuple
 
 import keras
@@ -45,11 +44,6 @@ def loss_scale(optimizer) -> Optional[tf.Tensor]:
     return None
 
 
-def takes_context(method: Method) -> bool:
-    """True if the method's `step` has a `context` parameter (older methods are called without one)."""
-    return "context" in inspect.signature(method.step).parameters
-
-
 class AdversarialTrainer(keras.Model):
     """Wraps a classifier; `fit` trains it with `method` (any of tf_fastbat.methods).
 
@@ -73,7 +67,6 @@ class AdversarialTrainer(keras.Model):
         if (spec or method.needs_index) and (num_examples is None or steps_per_epoch is None):
             raise ValueError(f"--method={method.name} keeps per-example state: the trainer needs num_examples and "
                              "steps_per_epoch")
-        self._takes_context = takes_context(method)
         self._method_variables = method_state.create(spec)
 
     @property
@@ -136,9 +129,9 @@ class AdversarialTrainer(keras.Model):
                               global_batch)
         if self.method.needs_index and index is None:
             raise ValueError(f"--method={self.method.name} needs the examples' positions: batches (x, y, index)")
-        extra = {"context": self._context(index)} if self._takes_context else {}
         # Gradients come back multiplied by the loss scale (float16); the LossScaleOptimizer divides it out.
-        result = self.method.step(self.classifier, x, y, noise, loss_scale=loss_scale(self.optimizer), **extra)
+        result = self.method.step(self.classifier, x, y, noise, self._context(index),
+                                  loss_scale=loss_scale(self.optimizer))
         grads = result.grads
         if replicas_in_sync() > 1:  # each replica's batch-mean gradient becomes its share of the global mean
             share = tf.cast(tf.shape(x)[0], tf.float32) / global_batch  # the optimizer sums over replicas

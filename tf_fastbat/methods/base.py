@@ -1,4 +1,10 @@
-"""The interface every training method implements, and the per-step context a stateful method reads."""
+"""The interface every training method implements, and the per-step context every method's `step` is given.
+
+One interface for all methods: `step(model, x, y, noise, context, loss_scale=None)`. The trainer builds the context
+from its optimizer step and the method's state variables; library code that calls a method once (`gradients`, the
+exactness tests) gets a standalone one from `standalone_context`: step 0 of epoch 0, fresh zero state, the batch's
+examples at positions 0..n-1, which is what the trainer gives a method at the start of training.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ class Step(NamedTuple):
 
 
 class StepContext(NamedTuple):
-    """Where the step stands and the method's state: given to methods whose `step` takes `context`.
+    """Where the step stands and the method's state, given to every method's `step` (most methods ignore it).
 
     step: int64 optimizer iterations before this step; epoch: float32 fractional epochs done (step / steps per
     epoch; NaN when the trainer does not know the epoch length); epoch_index: int64 0-based epoch of this step (-1
@@ -53,6 +59,8 @@ class Method:
 
     name = "method"
     needs_index: ClassVar[bool] = False  # True: the training batches carry the examples' positions (context.index)
+    # True: the update follows the epoch (context.epoch_index / epoch_step), so the trainer must know its length.
+    needs_epoch: ClassVar[bool] = False
     # Where label smoothing applies: "training" (the loss the weights descend) and "attack" (the attack's loss),
     # as FastAT_Benchmark applies its criterion per method; a method that names neither refuses label_smoothing > 0.
     smoothed_losses: ClassVar[Tuple[str, ...]] = ()
@@ -83,21 +91,50 @@ class Method:
         """name -> (shape, dtype) of the variables the method keeps across steps (zeros at the start); none here."""
         return {}
 
-    def step(self, model, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor,
+    def step(self, model, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor, context: StepContext,
              loss_scale: Optional[tf.Tensor] = None) -> Step:
         """Gradient of the batch-mean objective (weight decay excluded), the input used, and its logits.
 
-        With `loss_scale` S (float16 training) every differentiated loss is multiplied by S: the returned
-        gradients are S times the true ones (the LossScaleOptimizer divides S out); attack directions are not.
-        A method that needs the epoch, the example positions or its state adds a `context: StepContext` parameter.
+        `context` says where training stands and holds the method's state (a method with state writes it here);
+        methods that need neither ignore it. With `loss_scale` S (float16 training) every differentiated loss is
+        multiplied by S: the returned gradients are S times the true ones (the LossScaleOptimizer divides S out);
+        attack directions are not.
         """
         raise NotImplementedError
 
-    def gradients(self, model, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor):
-        """(grads, x_adv): the pure interface of the design card."""
-        result = self.step(model, x, y, noise)
+    def gradients(self, model, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor,
+                  context: Optional[StepContext] = None):
+        """(grads, x_adv) of one step: the pure interface of the design card, for every method.
+
+        Without `context`, a method with state or a schedule takes its first training step (`standalone_context`):
+        its state is created fresh for this call and discarded.
+        """
+        x, noise, y = tf.cast(x, tf.float32), tf.cast(noise, tf.float32), tf.convert_to_tensor(y)  # arrays too
+        result = self.step(model, x, y, noise, standalone_context(self, model, x) if context is None else context)
         return result.grads, result.x_adv
 
     def hparams(self) -> dict:
         """Hyperparameters, for reports and export metadata."""
         return {"method": self.name, **dataclasses.asdict(self)}
+
+
+def output_classes(model, x: tf.Tensor) -> int:
+    """The number of classes `model` scores (its output width), from its output shape or one inference forward."""
+    try:
+        return int(model.output_shape[-1])
+    except (AttributeError, ValueError, TypeError):  # a subclassed model records no output shape
+        return int(model(x[:1], training=False).shape[-1])
+
+
+def standalone_context(method: Method, model, x: tf.Tensor, *, step: int = 0, epoch: int = 0,
+                       epoch_step: int = 0) -> StepContext:
+    """The context of a call outside the trainer: step `step`, at the start of 0-based epoch `epoch` (whose
+    `epoch_step`-th step it is), the batch's examples at positions 0..n-1, and the method's state variables created
+    here as zeros, as the trainer creates them at the start of training. Call it eagerly: it creates variables."""
+    batch, shape = int(x.shape[0]), tuple(int(d) for d in x.shape[1:])
+    spec = method.state_spec(batch, shape, output_classes(model, x))
+    variables = {name: tf.Variable(tf.zeros(var_shape, dtype), trainable=False, name=f"standalone_{name}")
+                 for name, (var_shape, dtype) in spec.items()}
+    index = tf.range(batch, dtype=tf.int64) if method.needs_index else None
+    return StepContext(tf.constant(step, tf.int64), tf.constant(float(epoch), tf.float32),
+                       tf.constant(epoch, tf.int64), index, variables, tf.constant(epoch_step, tf.int64))

@@ -115,7 +115,7 @@ class ElleA(Method):
         alpha = global_batch.uniform(global_batch.step_seed(self.seed, step, SALT_ALPHA), shape[:1], 0.0, 1.0)
         return x_a, x_b, tf.reshape(alpha, [-1, 1, 1, 1])
 
-    def step(self, model, x, y, noise, loss_scale=None, context=None):
+    def step(self, model, x, y, noise, context, loss_scale=None):
         if context is None:
             raise ValueError("elle_a needs the trainer's step context (its triplets and lambda follow the step)")
         forwards = FORWARDS_CLEAN_START if self.input_noise_rate == 0 else FORWARDS_NOISY_START

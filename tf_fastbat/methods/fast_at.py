@@ -20,7 +20,8 @@ class FastAT(Method):
     def step_size(self) -> float:
         return 1.25 * self.eps if self.attack_lr is None else self.attack_lr
 
-    def step(self, model, x, y, noise, loss_scale=None):
+    def step(self, model, x, y, noise, context, loss_scale=None):
+        del context  # the same update at every step
         random_start = project(noise, x, self.eps)
         delta = project(signed_step(model, x, y, random_start, self.step_size(), loss_scale, self.smoothing("attack")),
                         x, self.eps)

@@ -53,7 +53,8 @@ class FastATGA(Method):
     def coefficient(self) -> float:
         return default_ga_coef(self.eps) if self.ga_coef is None else self.ga_coef
 
-    def step(self, model, x, y, noise, loss_scale=None):
+    def step(self, model, x, y, noise, context, loss_scale=None):
+        del context  # the same update at every step
         step = 1.25 * self.eps if self.attack_lr is None else self.attack_lr
         # One clean input gradient serves both the FGSM direction and the alignment's clean side (detached).
         with FORWARDS.at("clean"):

@@ -76,7 +76,8 @@ class FastBAT(Method):
             return project(random_start + 1.25 * self.eps * tf.sign(gradient), x, self.eps)
         return project(random_start + self.step_size() * gradient, x, self.eps)
 
-    def step(self, model, x, y, noise, loss_scale=None):
+    def step(self, model, x, y, noise, context, loss_scale=None):
+        del context  # the same update at every step
         a, lmbda, forwards = self.step_size(), self.implicit_lambda(), self.forwards()
         z = tf.stop_gradient(self.linearization_point(model, x, y, noise, loss_scale, forwards))
         variables = model.trainable_variables

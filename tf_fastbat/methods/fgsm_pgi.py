@@ -48,6 +48,7 @@ class FGSMPGI(Method):
 
     name = "fgsm_pgi"
     needs_index = True
+    needs_epoch = True  # the stored perturbations restart every epochs_reset epochs
     # The official code smooths both losses (its factor 0.6 is torch's label_smoothing 4/9); FastAT_Benchmark too.
     smoothed_losses = ("attack", "training")
 
@@ -68,7 +69,7 @@ class FGSMPGI(Method):
         momentum = tf.where(reset, tf.zeros_like(noise), tf.gather(context.state["momentum"], context.index))
         return delta, momentum
 
-    def step(self, model, x, y, noise, loss_scale=None, context: Optional[StepContext] = None):
+    def step(self, model, x, y, noise, context: StepContext, loss_scale=None):
         if context is None or context.index is None:
             raise ValueError("fgsm_pgi needs the trainer's StepContext with example positions")
         alpha, eps = self.step_size(), self.eps

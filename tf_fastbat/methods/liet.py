@@ -102,6 +102,7 @@ class LIET(Method):
     seed: int = hparam(0, "Seed of the step's draws.", own_flag=False, from_flag=FromFlag("seed"))
 
     name = "liet"
+    needs_epoch = True  # lambda ramps per epoch; the perturbations are renewed within each epoch
 
     def settings(self) -> Settings:
         large = is_large_eps(self.eps)
@@ -161,7 +162,7 @@ class LIET(Method):
         u = global_batch.uniform(global_batch.step_seed(self.seed, step, salt), shape, 0.0, 1.0)
         return random_smoothing_targets(y, num_classes, self.settings().random_smoothing, u)
 
-    def step(self, model, x, y, noise, loss_scale=None, context: Optional[StepContext] = None):
+    def step(self, model, x, y, noise, context: StepContext, loss_scale=None):
         if context is None or context.epoch_step is None or tf.get_static_value(context.epoch_index) == -1:
             raise ValueError("liet needs the trainer's step context with the epoch (assemble with steps_per_epoch): "
                              "its perturbations and lambda follow the epoch")

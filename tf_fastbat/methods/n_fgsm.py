@@ -20,7 +20,8 @@ class NFGSM(Method):
     name = "n_fgsm"
     smoothed_losses = ("attack", "training")  # FastAT_Benchmark's N-FGSM uses its criterion for both
 
-    def step(self, model, x, y, noise, loss_scale=None):
+    def step(self, model, x, y, noise, context, loss_scale=None):
+        del context  # the same update at every step
         k = 2.0 * self.eps if self.noise_magnitude is None else self.noise_magnitude
         alpha = self.eps if self.attack_lr is None else self.attack_lr
         # `noise` is U[-eps, eps]; rescaling gives U[-k, k] without a second random draw.

@@ -63,6 +63,7 @@ class NuAT(Method):
                                                        "the official rule R = --epochs - 10, at least 1"))
 
     name = "nu_at"
+    needs_epoch = True  # lambda ramps per epoch; the attack alternates within each epoch
     # FastAT_Benchmark's nu_at.py uses its smoothed criterion for the attack's CE and the training CE.
     smoothed_losses = ("attack", "training")
 
@@ -96,7 +97,7 @@ class NuAT(Method):
         stepped = tf.clip_by_value(start + self.step_size() * tf.sign(gradient), 0.0, 1.0)
         return x + project(stepped - x, x, self.eps)
 
-    def step(self, model, x, y, noise, loss_scale=None, context=None):
+    def step(self, model, x, y, noise, context, loss_scale=None):
         if (context is None or tf.get_static_value(context.epoch_index) == -1 or context.epoch_step is None
                 or tf.get_static_value(context.epoch_step) == -1):
             raise ValueError("nu_at needs the trainer's step context with the epoch (assemble with steps_per_epoch): "

@@ -29,7 +29,8 @@ class PGD(Method):
     def step_size(self) -> float:
         return default_step_size(self.eps, self.steps) if self.attack_lr is None else self.attack_lr
 
-    def step(self, model, x, y, noise, loss_scale=None):
+    def step(self, model, x, y, noise, context, loss_scale=None):
+        del context  # the same update at every step
         delta = project(noise, x, self.eps)
         for _ in range(self.steps):
             delta = project(signed_step(model, x, y, delta, self.step_size(), loss_scale, self.smoothing("attack")),

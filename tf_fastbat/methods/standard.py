@@ -14,6 +14,6 @@ class Standard(Method):
     eps_may_be_zero = True  # nothing is attacked
     smoothed_losses = ("training",)
 
-    def step(self, model, x, y, noise, loss_scale=None):
-        del noise
+    def step(self, model, x, y, noise, context, loss_scale=None):
+        del noise, context  # the clean batch, at any point of training
         return train_on(model, x, y, loss_scale, self.smoothing("training"))
