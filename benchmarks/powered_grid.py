@@ -341,7 +341,7 @@ def pretrained_card(name: str, cell: PoweredCell, output_dir: str, checkpoint: s
             "training": {"command": " ".join(cell.command(output_dir, None)[1:]).replace(output_dir, "runs"),
                          "epochs": report["epochs"], "best_epoch": report["best_epoch"], "checkpoint": checkpoint,
                          "seconds_per_epoch": report.get("seconds_per_epoch"),
-                         "machine": "2 CPU cores (AMD EPYC), TensorFlow 2.21 with oneDNN, float32"},
+                         "machine": "2 CPU cores, no GPU, TensorFlow 2.21 with oneDNN, float32"},
             "accuracy": accuracy,
             "test_images": "CIFAR-10 test set in the official order; clean and PGD on all 10,000 (20 of them "
                            "JPEG-decoded in the shared copy), PGD-50-10 and AutoAttack on the first 1,000 and 500"}
