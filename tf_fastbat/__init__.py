@@ -3,6 +3,18 @@
 Importing the package changes nothing in the process. On CPUs, TensorFlow's oneDNN kernels are 2-5x faster here
 than its default on non-Intel CPUs; the command-line tools turn them on, and library users can with
 `tf_fastbat.runtime.prefer_onednn()` (or TF_ENABLE_ONEDNN_OPTS=1) before importing TensorFlow.
+
+`tf_fastbat.AdversarialTrainer` (tf_fastbat.trainer's) is the Keras model that trains a classifier with a method; it
+is imported on first use, so that importing the package imports no TensorFlow.
 """
 
 __version__ = "0.6.0"
+
+
+def __getattr__(name: str):
+    """`tf_fastbat.AdversarialTrainer`, imported when first asked for (PEP 562)."""
+    if name == "AdversarialTrainer":
+        from tf_fastbat.trainer import AdversarialTrainer
+
+        return AdversarialTrainer
+    raise AttributeError(f"module 'tf_fastbat' has no attribute {name!r}")

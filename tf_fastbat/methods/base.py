@@ -113,6 +113,11 @@ class Method:
         result = self.step(model, x, y, noise, standalone_context(self, model, x) if context is None else context)
         return result.grads, result.x_adv
 
+    def hyperparameters(self) -> dict:
+        """The fields as set (None where the official default applies): `methods.build(self.name, **these)` rebuilds
+        this method (the trainer's saved configuration)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
     def hparams(self) -> dict:
         """Hyperparameters, for reports and export metadata."""
         return {"method": self.name, **dataclasses.asdict(self)}
