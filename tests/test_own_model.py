@@ -28,7 +28,7 @@ def save_user_model(path, outputs=10, rescale=False) -> list:
     layers = [keras.Input((32, 32, 3))]
     if rescale:
         layers.append(keras.layers.Rescaling(1 / 255, name="to_unit"))
-    layers += [keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="my_conv"), keras.layers.Flatten(),
+    layers += [keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="my_conv"), keras.layers.Flatten(name="flatten"),
                keras.layers.Dense(outputs, name="my_logits")]
     model = keras.Sequential(layers, name="my_net")
     model.save(path)
