@@ -31,7 +31,7 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from tf_fastbat.runtime import prefer_onednn
+from tf_fastbat.runtime import default_cpu_kernels
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data",
                     "cifar10_subset.npz")
@@ -159,7 +159,7 @@ def main() -> None:
                         help="module whose run_autoattack is timed (e.g. an older copy of the package, to compare)")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args()
-    prefer_onednn()  # before TensorFlow is imported
+    default_cpu_kernels()  # before TensorFlow is imported
     attacks = [a for a in args.attacks.split(",") if a]
     unknown = set(attacks) - {"pgd", "autoattack"}
     if unknown:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from tf_fastbat.runtime import prefer_onednn
+from tf_fastbat.runtime import default_cpu_kernels
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data",
                     "cifar10_subset.npz")
@@ -69,7 +69,7 @@ def main() -> None:
                         help="module whose run_autoattack runs (e.g. an older copy of the package, for --save)")
     parser.add_argument("--tolerance", type=int, default=1, help="images of robust-accuracy difference allowed")
     args = parser.parse_args()
-    prefer_onednn()  # before TensorFlow is imported
+    default_cpu_kernels()  # before TensorFlow is imported
     run_autoattack = importlib.import_module(args.implementation).run_autoattack
 
     if not os.path.exists(DATA):

@@ -22,7 +22,7 @@ import time
 from typing import Dict, List, Optional
 
 from tf_fastbat.record import Workdir
-from tf_fastbat.runtime import prefer_onednn
+from tf_fastbat.runtime import default_cpu_kernels
 
 
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -70,7 +70,7 @@ def measure(width: float, repeats: int, directory: str) -> Dict:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse(argv)
-    prefer_onednn()
+    default_cpu_kernels()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="backup-cost-") as directory:
         result = measure(args.width_multiplier, args.repeats, directory)
     print(f"PreActResNet-18 width {result['width_multiplier']:g} ({result['parameters'] / 1e6:.1f} M parameters): "

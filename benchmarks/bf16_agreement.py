@@ -20,7 +20,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from tf_fastbat.runtime import prefer_onednn
+from tf_fastbat.runtime import default_cpu_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                         "initialization (its PreActResNet-18 width must be --width_multiplier).")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "cifar10_subset.npz"))
     args = parser.parse_args(argv)
-    prefer_onednn()
+    default_cpu_kernels()
     result = agreement(args.methods.split(","), args.width_multiplier, args.batch_size, args.data, args.eps / 255.0,
                        args.seed, args.checkpoint)
     print(json.dumps(result))

@@ -28,7 +28,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tf_fastbat.checkpoints import write_json_atomic  # no TensorFlow import
 from tf_fastbat.record import Workdir
-from tf_fastbat.runtime import prefer_onednn
+from tf_fastbat.runtime import default_cpu_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -472,7 +472,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse(argv)
-    prefer_onednn()
+    default_cpu_kernels()
     os.chdir(ROOT)
     grid = grid_cells(args.methods, args.eps, args.seeds)
     ablations = ablation_cells(args.ablations)

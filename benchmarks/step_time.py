@@ -41,7 +41,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from tf_fastbat.runtime import prefer_onednn
+from tf_fastbat.runtime import default_cpu_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -303,7 +303,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse(argv)
-    prefer_onednn()
+    default_cpu_kernels()
     if args.configuration:
         print(RESULT_PREFIX + json.dumps(run_configuration(json.loads(args.configuration))), flush=True)
         return

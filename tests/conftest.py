@@ -6,9 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
 
-from tf_fastbat.runtime import prefer_onednn  # noqa: E402
+from tf_fastbat.runtime import default_cpu_kernels  # noqa: E402
 
-prefer_onednn()  # before any test imports TensorFlow: the CPU kernels the tools give users (oneDNN)
+default_cpu_kernels()  # before any test imports TensorFlow: the CPU kernels the tools give users (Eigen)
 
 import pytest  # noqa: E402
 

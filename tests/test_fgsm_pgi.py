@@ -290,8 +290,8 @@ def test_mirrored_strategy_on_two_devices_keeps_one_devices_state_and_weights(tm
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from tf_fastbat.runtime import prefer_onednn
+    from tf_fastbat.runtime import default_cpu_kernels
 
-    prefer_onednn()
+    default_cpu_kernels()
     if sys.argv[1] == "mirrored":
         run_mirrored(sys.argv[2])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import zipfile
 from typing import Dict, Optional
 
@@ -108,13 +109,17 @@ def load_logits_fn(artifact: Artifact, flag: str = "model") -> LogitsFn:
             return load_serving(artifact.file)
         except (UsageError, FileNotFoundError) as error:
             raise UsageError(f"--{flag}={artifact.path}: {error}") from error
-    from tf_fastbat import models
+    from tf_fastbat import models, runtime
     from tf_fastbat.evaluation import classifier_logits
 
     try:
-        return classifier_logits(models.load(artifact.file))
+        classifier = models.load(artifact.file)
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(f"--{flag}={artifact.path}: {one_line(error)}") from error
+    warning = runtime.onednn_warning(classifier)
+    if warning:
+        sys.stderr.write(f"WARNING: --{flag}={artifact.path}: {warning}\n")
+    return classifier_logits(classifier)
 
 
 def check_model_fits(logits_fn: LogitsFn, x, num_labels: int, flag: str = "model") -> int:

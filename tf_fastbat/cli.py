@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from absl import app, flags
 
 from tf_fastbat.errors import UsageError, one_line
-from tf_fastbat.runtime import prefer_onednn
+from tf_fastbat.runtime import default_cpu_kernels
 
 _ABSL_PREFIX = re.compile(r"^flags? [^:]*: (?=--)")  # absl's "flag --eps=0.03: " before a validator's message
 HELP_ARGUMENTS = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
@@ -155,7 +155,7 @@ def run(tool: str, define_flags: Callable[[], None], main: Callable[[List[str]],
     """Run `main(argv)` as the command `tool` (e.g. "tf_fastbat.train") with the flags `define_flags` defines (by
     group when it calls `define_groups`). `positional`: the name of the positional arguments the tool takes (none:
     any is refused). main's return value is the exit status."""
-    prefer_onednn()
+    default_cpu_kernels()
     before = set(flags.FLAGS)
     _GROUPS.clear()
     _RENAMED_FORMS.clear()

@@ -90,11 +90,13 @@ def _start_record(f, method, source, strategy, chief: bool):
 
 def _build(f, method, source, splits, steps_per_epoch: int, strategy):
     """(classifier, trainer): the architecture, the optimizer with its schedules, the method's train step."""
-    from tf_fastbat import distribution, models, optim, weight_averaging
+    from tf_fastbat import distribution, models, optim, runtime, weight_averaging
     from tf_fastbat.trainer import assemble, sgd
 
     with strategy.scope():
         classifier = _classifier(f, source)
+        if runtime.onednn_warning(classifier):
+            _note(runtime.onednn_warning(classifier))
         if f.sync_batch_norm == "true" or (f.sync_batch_norm == "auto" and strategy.num_replicas_in_sync > 1):
             distribution.synchronize_batch_norm(classifier)
         lr = optim.schedule(f.lr_schedule, epochs=f.epochs, steps_per_epoch=steps_per_epoch, lr_max=f.lr_max,
