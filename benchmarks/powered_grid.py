@@ -38,10 +38,10 @@ import time
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from benchmarks import reproduce
+from benchmarks.registry import method_names
 from tf_fastbat import runtime
 
 FLAGFILE = os.path.join("flags", "reproduce", "powered.cfg")
-LABELS = {**reproduce.LABELS, "fgsm_pgi": "FGSM-PGI", "nu_at": "NuAT", "elle_a": "ELLE-A", "liet": "LIET"}
 REFERENCE = "fast_bat"  # the paper's method: every gap is measured against it
 COLLAPSE_FRACTION = 0.5  # an epoch collapses when its held-out PGD accuracy falls below half the best before it ...
 COLLAPSE_MIN_PEAK = 0.05  # ... once that best is at least 5% (not a fluctuation around zero)
@@ -103,17 +103,6 @@ def known_cells(cells: Sequence[PoweredCell], names: Sequence[str]) -> List[Powe
         count = sum(c.method == method for c in cells)
         print(f"[powered] {method}: not in tf_fastbat.methods.NAMES, its {count} cell(s) skipped", flush=True)
     return [c for c in cells if c.method in names]
-
-
-def method_names() -> List[str]:
-    """tf_fastbat.methods.NAMES at run time, read in a child process so that this one stays free of TensorFlow."""
-    import subprocess
-    import sys
-
-    code = "from tf_fastbat.methods import NAMES; print(','.join(NAMES))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=reproduce.ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    return out.stdout.strip().splitlines()[-1].split(",")
 
 
 def lossy_test_indices(path: str = LOSSY_INDICES) -> List[int]:
@@ -233,7 +222,7 @@ def curve_cells(runs: Sequence[Dict]) -> List[str]:
 
 def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFERENCE) -> str:
     """One part's table: mean +- sample std over seeds, gaps to `reference` and whether they exceed the spread."""
-    ref_label = LABELS[reference]
+    ref_label = reproduce.label(reference)
     header = ["method", "SA (last)", "RA-PGD (last)", "SA (ES)", "RA-PGD (ES)", f"ΔRA (last) vs {ref_label}",
               "> seed spread?", f"ΔSA (last) vs {ref_label}", "> seed spread?", "held-out RA peak → last",
               "collapse epochs", "GA lowest → last", "best epoch", "s/epoch", "seeds", "ΔRA (last) per seed",
@@ -258,7 +247,7 @@ def powered_table(summaries: Dict[str, Dict], part: Part, reference: str = REFER
                    fmt([r["seconds_per_epoch"] for r in runs], 1.0, 1), str(len(runs)),
                    "" if method == reference else paired_gaps(runs, rows.get(reference, []), "last", "RA"),
                    autoattack_cell(runs, "last")]
-        lines.append(f"| {LABELS[method]} | " + " | ".join(values) + " |")
+        lines.append(f"| {reproduce.label(method)} | " + " | ".join(values) + " |")
     return "\n".join(lines + [""])
 
 
@@ -291,7 +280,7 @@ def table1(summaries: Dict[str, Dict], parts: Sequence[Part], checkpoint: str) -
             at = run[checkpoint]
             paper = PAPER_TABLE1.get((method, part.eps), {})
             lines.append("| " + " | ".join([
-                LABELS[method], f"{part.eps}/255", percent(at, "SA"), percent(at, "SA_kept"), percent(at, "RA"),
+                reproduce.label(method), f"{part.eps}/255", percent(at, "SA"), percent(at, "SA_kept"), percent(at, "RA"),
                 percent(at, "PGD50"), percent(at, "AA"), percent(at, "PGD_on_AA"),
                 *(f"{paper[k]:.2f}" if k in paper else "" for k in ("SA", "PGD50", "AA")),
                 str(run["best_epoch"]), f"{run['seconds_per_epoch']:.0f}"]) + " |")
@@ -335,7 +324,7 @@ def pretrained_card(name: str, cell: PoweredCell, output_dir: str, checkpoint: s
     settings = {k: v for k, v in config.items() if k not in ("workdir", "export_dir")}
     settings["dataset"] = CANONICAL_DATASET
     return {"name": name, "model_file": f"{name}.keras", "sha256": model_sha256,
-            "summary": f"{LABELS[cell.method]} at eps {cell.eps}/255 on CIFAR-10 (45,000 training images), "
+            "summary": f"{reproduce.label(cell.method)} at eps {cell.eps}/255 on CIFAR-10 (45,000 training images), "
                        f"PreActResNet-18 at width {config['width_multiplier']:g}, {report['epochs']} epochs, the "
                        f"{'early-stopped' if checkpoint == 'best' else 'last'} model (epoch {report['best_epoch']})",
             "settings": settings,
@@ -394,7 +383,7 @@ def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
             run = summaries.get(part.cell_name(method, seed))
             if not run or not run["val_robust"]:
                 continue
-            label = LABELS[method] + (f" (seed {seed})" if len(part.seeds) > 1 else "")
+            label = reproduce.label(method) + (f" (seed {seed})" if len(part.seeds) > 1 else "")
             epochs = list(range(1, len(run["val_robust"]) + 1))
             line, = robust_axis.plot(epochs, [100 * v for v in run["val_robust"]], marker="o", ms=3, color=color,
                                      ls=style, label=label)

@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from benchmarks import registry
 from tf_fastbat.checkpoints import write_json_atomic  # no TensorFlow import
 from tf_fastbat.record import Workdir
 from tf_fastbat.runtime import default_cpu_kernels
@@ -33,9 +34,7 @@ from tf_fastbat.runtime import default_cpu_kernels
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BASE_FLAGFILE = os.path.join("flags", "reproduce", "base.cfg")
-METHODS = ("fast_at", "fast_at_ga", "pgd", "fast_bat", "n_fgsm")
-LABELS = {"fast_at": "Fast-AT", "fast_at_ga": "Fast-AT-GA", "pgd": "PGD-2-AT", "fast_bat": "Fast-BAT",
-          "n_fgsm": "N-FGSM"}
+METHODS = ("fast_at", "fast_at_ga", "pgd", "fast_bat", "n_fgsm")  # the grid's choice among the registered methods
 ABLATIONS = {  # name: (table, extra train flags); Fast-BAT, eps 8/255, seed 0
     "lambda_1": ("A1", {"lmbda": 1}),
     "lambda_100": ("A1", {"lmbda": 100}),
@@ -48,6 +47,22 @@ ABLATIONS = {  # name: (table, extra train flags); Fast-BAT, eps 8/255, seed 0
 ABLATION_DEFAULTS = {"A1": "lambda = 10", "A3": "pgd_nosign (official)", "A4": "Hessian-free (eq. 11)",
                      "A5": "ReLU"}
 SWEEP_EPS = (0, 2, 4, 6, 8, 10, 12, 14, 16)  # eps 0: the clean accuracy on the sweep's images
+
+
+def flagfile_value(path: str, name: str) -> str:
+    """The value --`name` has in the flagfile at `path` (relative to the repository root)."""
+    with open(os.path.join(ROOT, path)) as lines:
+        values = [line.strip().split("=", 1)[1] for line in lines if line.strip().startswith(f"--{name}=")]
+    if not values:
+        raise ValueError(f"{path}: no --{name}")
+    return values[-1]
+
+
+def label(method: str) -> str:
+    """A method's label in tables and figures (the registry's; PGD-AT with the grid's steps, PGD-2-AT)."""
+    if method == "pgd":
+        return f"PGD-{flagfile_value(BASE_FLAGFILE, 'attack_steps')}-AT"
+    return registry.label(method)
 SWEEP_METHODS = ("fast_at", "fast_bat")
 CHECKPOINTS = ("best", "last")
 PGD_KEY = "pgd-50-10"
@@ -335,7 +350,7 @@ def grid_table(summaries: Dict[str, Dict], methods: Sequence[str], eps_list: Seq
             cells.insert(2, aa_cell(runs, "best"))
             cells.append(aa_cell(runs, "last"))
             epochs = ", ".join(str(r["best_epoch"]) for r in runs)
-            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) +
+            lines.append(f"| {label(method)} | " + " | ".join(cells) +
                          f" | {epochs} | {fmt([r['seconds_per_epoch'] for r in runs], 1.0, 1)} | {len(runs)} |")
         lines.append("")
     return "\n".join(lines)
@@ -348,13 +363,13 @@ def ablation_table(summaries: Dict[str, Dict], seeds: Sequence[int]) -> str:
     for table in ("A1", "A3", "A4", "A5"):
         rows = [(ABLATION_DEFAULTS[table] + " (grid cell)", default)]
         rows += [(name, summaries.get(f"ablation_{name}")) for name, (t, _) in ABLATIONS.items() if t == table]
-        for label, run in rows:
+        for ablation, run in rows:
             if not run or "best" not in run:
                 continue
             values = [fmt([run["best"].get(k)]).split(" ±")[0] for k in ("SA", "RA_PGD")]
             values.append(aa_cell([run], "best"))
             values += [fmt([run["last"].get(k)]).split(" ±")[0] for k in ("SA", "RA_PGD")]
-            lines.append(f"| {table} | {label} | " + " | ".join(values) + f" | {run['seconds_per_epoch']:.1f} |")
+            lines.append(f"| {table} | {ablation} | " + " | ".join(values) + f" | {run['seconds_per_epoch']:.1f} |")
     return "\n".join(lines)
 
 
@@ -383,7 +398,7 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
                 curves = [sweep_curve(r[checkpoint]) for r in runs if r and "sweep" in r.get(checkpoint, {})]
                 if curves:
                     axis.errorbar(SWEEP_EPS, 100 * np.mean(curves, 0), yerr=100 * np.std(curves, 0), ls=style,
-                                  marker="o", capsize=2, color=color, label=f"{LABELS[method]} ({'ES' if checkpoint == 'best' else 'last'})")
+                                  marker="o", capsize=2, color=color, label=f"{label(method)} ({'ES' if checkpoint == 'best' else 'last'})")
         axis.set(xlabel="test ε (1/255); ε 0 is the clean accuracy", ylabel="RA, PGD-20-1 (%)",
                  title=f"trained at ε = {train_eps}/255", ylim=(0, 100))
         axis.grid(alpha=0.3)
@@ -405,10 +420,10 @@ def figures(summaries: Dict[str, Dict], eps_list: Sequence[int], seeds: Sequence
                 values = np.array([[row.get(key, np.nan) for row in log[:length]] for log in logs])
                 scale = 100.0 if key == "val_robust_accuracy" else 1.0
                 mean = scale * np.nanmean(values, 0)
-                line, = axis.plot(np.arange(1, length + 1), mean, marker="o", label=LABELS[method])
+                line, = axis.plot(np.arange(1, length + 1), mean, marker="o", label=label(method))
                 if key == "val_robust_accuracy" and np.isfinite(mean).any():
                     best = int(np.nanargmax(mean)) + 1  # early stopping's pick on the mean curve
-                    axis.axvline(best, color=line.get_color(), ls="--", lw=1, label=f"{LABELS[method]} best: {best}")
+                    axis.axvline(best, color=line.get_color(), ls="--", lw=1, label=f"{label(method)} best: {best}")
                     axis.set_ylim(0, 100)
             axis.set(xlabel="epoch", ylabel=ylabel, title=f"ε = {eps}/255 (mean over seeds)")
             axis.grid(alpha=0.3)
@@ -453,9 +468,9 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--figures_dir", default="results")
     args = parser.parse_args(argv)
     args.methods = args.methods.split(",")
-    unknown = sorted(set(args.methods) - set(METHODS))
+    unknown = sorted(set(args.methods) - set(registry.method_names()))
     if unknown:
-        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(registry.method_names())}")
     args.ablations = [a for a in args.ablations.split(",") if a]
     unknown = sorted(set(args.ablations) - set(ABLATIONS))
     if unknown:

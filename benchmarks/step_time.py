@@ -41,12 +41,11 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from benchmarks import registry
 from tf_fastbat.runtime import default_cpu_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-METHODS = ("fast_at", "fast_bat", "fast_at_ga", "pgd", "n_fgsm", "standard", "fgsm_pgi", "nu_at", "elle_a",
-           "liet")
 EPS = 8.0 / 255.0
 SLICE = "bundled:cifar10_slice"
 # Forward-pass equivalents per step (one conv-type op per conv layer = 1): forward 1, input-gradient backward 1,
@@ -276,7 +275,8 @@ def table(width: float, results: Dict[str, Dict]) -> str:
 
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated methods (pgd is PGD-2).")
+    parser.add_argument("--methods", default="all", help="Comma-separated registered methods, or all (every "
+                        "method of tf_fastbat.methods.NAMES; pgd is PGD-2).")
     parser.add_argument("--width_multiplier", default="1.0,0.25",
                         help="Comma-separated widths; the first is the --json headline configuration.")
     parser.add_argument("--batch_size", type=int, default=128)
@@ -293,9 +293,12 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", help="Also write every configuration's full result to this JSON file.")
     parser.add_argument("--configuration", help=argparse.SUPPRESS)  # internal: one configuration, in a subprocess
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    known = registry.method_names()
+    if args.methods == "all":
+        args.methods = ",".join(known)
+    unknown = sorted(set(args.methods.split(",")) - set(known))
     if unknown:
-        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(known)} or all")
     if args.steps < 5:
         parser.error("--steps must be at least 5 (the median of at least five steps is reported)")
     return args

@@ -107,13 +107,14 @@ def test_only_the_record_module_spells_a_workdir_file_name():
 # Layers, lowest first: a module imports its own layer or lower ones, never a higher one (tools over assembly over
 # parts over the foundation). A module not listed is in the layer of its package.
 LAYERS = (
-    ("foundation", ("tf_fastbat", "errors", "units", "flagtypes", "runtime", "checkpoints", "record", "progress",
-                    "report", "linf", "running_averages", "interrupt", "pretrained", "serving.protocol")),
+    ("foundation", ("tf_fastbat", "errors", "units", "fields", "flagtypes", "runtime", "checkpoints", "record",
+                    "progress", "report", "linf", "running_averages", "interrupt", "pretrained", "serving.protocol")),
     ("parts", ("models", "data", "methods", "attacks", "optim", "serving", "plots", "distribution", "backup",
                "weight_averaging")),
     ("assembly", ("metrics", "evaluation", "trainer", "trainer_inputs", "callbacks", "resume", "artifacts",
                   "publish")),
-    ("tools", ("cli", "config", "method_flags", "train", "evaluate", "export", "convert", "serving.client")),
+    ("tools", ("cli", "config", "method_flags", "attack_flags", "train", "evaluate", "export", "convert",
+               "serving.client")),
 )
 
 
@@ -133,3 +134,77 @@ def test_no_module_imports_a_higher_layer():
     upward = {name: sorted(t for t in imported(path, known) if layer_of(t) > layer_of(name))
               for name, path in known.items() if name != "tf_fastbat"}  # the package's lazy public facade
     assert not {name: targets for name, targets in upward.items() if targets}
+
+
+# Library errors name parameters ("eps=8: must be ..."), never command-line flags: the command-line runner words
+# a leading parameter as the running tool's flag (tf_fastbat.cli.flag_form). Only the tools layer spells flags.
+FLAG = re.compile(r"--[a-z]")
+FOREIGN_OPTIONS = ("pip install --no-deps",)  # another program's option quoted in a message, not one of ours
+# Files still to be converted by another change; empty this tuple as they are done.
+EXCLUDED = ()  # modules allowed to name a flag in a message: none
+
+
+def _message_text(node: ast.AST) -> str:
+    """A string constant, or an f-string with each placeholder as "x" (f"--{flag}=" reads "--x=")."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_message_text(part) if isinstance(part, ast.Constant) else "x" for part in node.values)
+    return ""
+
+
+def _messages(tree: ast.AST):
+    """(line, expression) of what reaches a user: a raised exception, warnings.warn, sys.stderr.write and
+    print(..., file=sys.stderr)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            yield node.lineno, node.exc
+        elif isinstance(node, ast.Call):
+            called = ast.unparse(node.func)
+            to_stderr = called == "print" and any(k.arg == "file" and ast.unparse(k.value) == "sys.stderr"
+                                                  for k in node.keywords)
+            if called in ("warnings.warn", "sys.stderr.write") or to_stderr:
+                yield node.lineno, node
+
+
+def flags_in_messages(source: str):
+    """[(line, text)] of the user-facing messages in `source` that name a command-line flag."""
+    found = {}
+    for line, expression in _messages(ast.parse(source)):
+        for node in ast.walk(expression):
+            text = _message_text(node)
+            for option in FOREIGN_OPTIONS:
+                text = text.replace(option, "")
+            if FLAG.search(text):
+                found.setdefault(line, text)
+    return sorted(found.items())
+
+
+def test_the_flag_scanner_sees_a_flag_in_a_message():
+    source = '''
+def check(eps, flag):
+    """Docstrings and comments may name --eps."""  # so may comments: --eps
+    if eps > 1:
+        raise ValueError(f"--eps={eps}: must be a fraction")
+    if not flag:
+        raise UsageError(f"--{flag} is required")
+    warnings.warn("pass " "--seed for a repeatable run")
+    sys.stderr.write(f"WARNING: {eps}: lower --lr_max\\n")
+    print("--verbose", file=sys.stderr)
+    print("--not_a_message")
+    raise ValueError(f"eps={eps}: must be a fraction in (0, 1]; pip install --no-deps x")
+'''
+    assert [line for line, _ in flags_in_messages(source)] == [5, 7, 8, 9, 10]
+
+
+def test_no_library_error_names_a_flag():
+    tools = next(level for level, (title, _) in enumerate(LAYERS) if title == "tools")
+    named = {}
+    for name, path in modules().items():
+        relative = path.relative_to(ROOT).as_posix()
+        if layer_of(name) == tools or relative.startswith(EXCLUDED):
+            continue
+        found = flags_in_messages(path.read_text())
+        if found:
+            named[relative] = found
+    assert not named, named

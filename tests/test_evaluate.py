@@ -137,7 +137,7 @@ def test_at_eps_zero_robust_accuracy_equals_clean_accuracy(binary_problem):
     x_adv = PGD(fn).perturb(x, y, 0.0, steps=10, step_size=0.0, seed=[0, 0])
     np.testing.assert_array_equal(x_adv, x)
     result = evaluation.evaluate_model(fn, x, y, [0, 8 / 255], ["pgd", "cleverhans_pgd"],
-                                       evaluation.Settings(pgd_steps=5, pgd_restarts=2, cleverhans_steps=5),
+                                       evaluation.Settings(options={"pgd": {"steps": 5, "restarts": 2}, "cleverhans_pgd": {"steps": 5}}),
                                        alignment=False)
     assert result["clean_accuracy"] == pytest.approx(clean.mean())
     for name in ("pgd-5-2", "cleverhans-pgd-5"):
@@ -245,7 +245,7 @@ def test_a_model_that_outputs_probabilities_or_is_random_is_flagged(binary_probl
     assert any("probability" in m for m in evaluation.model_warnings(probabilities, x, y))
     assert any("randomized" in m for m in evaluation.model_warnings(noisy, x, y))
     result = evaluation.evaluate_model(noisy, x[:20], y[:20], [8 / 255], ["pgd"],
-                                       evaluation.Settings(pgd_steps=2, pgd_restarts=1))
+                                       evaluation.Settings(options={"pgd": {"steps": 2, "restarts": 1}}))
     assert any("randomized" in m for m in result["warnings"])
 
 
@@ -315,7 +315,7 @@ def models_dir(tmp_path_factory, cifar_slice):
     (["--model={workdir}", "--eps=300"], "--eps=300: must be in [0, 255]"),
     (["--model={workdir}", "--eps=-2"], "--eps=-2: must be in [0, 255]"),
     (["--model={workdir}", "--attacks=transfer"], "--attacks=transfer needs --surrogate"),
-    (["--model={workdir}", "--aa_version=fast"], "--aa_version=fast: choose from standard, plus, rand"),
+    (["--model={workdir}", "--aa_version=fast"], "--aa_version=fast: choose one of standard, plus, rand"),
 ])
 @pytest.mark.slow
 def test_bad_input_gets_one_clear_line_and_exit_code_2(models_dir, args, message):
@@ -378,7 +378,7 @@ def test_a_saved_model_is_evaluated_like_the_keras_model_it_came_from(models_dir
     root, cnn = models_dir
     x = (cifar_slice["x_test"][:64] / 255.0).astype(np.float32)
     y = cifar_slice["y_test"][:64].reshape(-1)
-    settings = evaluation.Settings(pgd_steps=5, pgd_restarts=1)
+    settings = evaluation.Settings(options={"pgd": {"steps": 5, "restarts": 1}})
     from_keras = evaluation.evaluate_model(lambda t: cnn(t, training=False), x, y, [2 / 255], ["pgd"], settings)
     from_saved = evaluation.evaluate_model(load_logits_fn(str(root / "cnn_saved")), x, y, [2 / 255], ["pgd"],
                                            settings)

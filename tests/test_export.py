@@ -278,7 +278,7 @@ def test_export_checkpoint_refuses_what_it_cannot_use(tmp_path):
         archive.writestr("readme.txt", "hello")
     with pytest.raises(UsageError, match="cannot load a Keras model"):
         publish.export_checkpoint(str(tmp_path / "fake.keras"), str(tmp_path / "out"), num_examples=0)
-    with pytest.raises(UsageError, match="--num_examples=-1: must be >= 0"):
+    with pytest.raises(UsageError, match="^num_examples=-1: must be >= 0"):
         publish.export_checkpoint(str(tmp_path / "fake.keras"), str(tmp_path / "out"), num_examples=-1)
     with pytest.raises(UsageError, match="must be a plain directory name"):
         saved_model.export_saved_model(small_convnet(), str(tmp_path), "12", {})

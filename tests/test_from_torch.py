@@ -304,7 +304,7 @@ def test_shape_and_architecture_mismatches_name_the_keys(zoo_preact):
         models.from_torch(path, "preact_resnet18")
     with pytest.raises(TorchImportError, match=r"not hold a wrn16_8 \(zoo layout\): missing f\.0_convolution\.weight"):
         models.from_torch(path, "wrn16_8", width_multiplier=WIDTH)
-    with pytest.raises(TorchImportError, match=r"mean/std .* \(--mean/--std, --dataset\) differ from"):
+    with pytest.raises(TorchImportError, match=r"the given mean/std .* differ from"):
         models.from_torch(path, "preact_resnet18", width_multiplier=WIDTH, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 

@@ -1,4 +1,4 @@
-"""A method's hyperparameters are written once, as dataclass fields with metadata (tf_fastbat.methods.fields): the
+"""A method's hyperparameters are written once, as dataclass fields with metadata (tf_fastbat.fields): the
 library checks them naming the parameter, and the training tool makes each field's flag, help, parsing, the
 chosen method's hyperparameters and config.json's keys from them. A toy method defined here, registered in one
 line, is trained through the tool with its generated flag."""
@@ -15,7 +15,7 @@ import tensorflow as tf
 from conftest import ROOT
 from tf_fastbat.methods import Method
 from tf_fastbat.methods.common import train_on
-from tf_fastbat.methods.fields import HParamError, hparam, within
+from tf_fastbat.fields import HParamError, hparam, within
 
 
 @dataclasses.dataclass(frozen=True)

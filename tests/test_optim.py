@@ -44,7 +44,7 @@ def test_multistep_schedule_decays_at_key_epochs():
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match="--lr_schedule"):
+    with pytest.raises(ValueError, match="^kind='cosine': unknown learning-rate schedule"):
         optim.schedule("cosine", epochs=1, steps_per_epoch=1, lr_max=0.1)
 
 

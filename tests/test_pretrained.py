@@ -3,10 +3,6 @@ the library and the tools, matches its card (file hash, architecture), and its c
 test images of the shared CIFAR-10 is the recorded figure."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -68,36 +64,22 @@ def test_its_clean_accuracy_on_the_first_500_test_images_is_the_recorded_figure(
 
 
 @pytest.mark.slow
-def test_it_loads_from_an_installed_package_and_evaluates_offline(tmp_path, card):
-    """A wheel built from the checkout and installed elsewhere (not the editable checkout) carries the model:
-    models.load and the evaluation tool reach it by name, offline, on the bundled slice (whose 500 test images
-    are the first 500 of CIFAR-10's test set)."""
-    source = tmp_path / "source"
-    shutil.copytree(ROOT / "tf_fastbat", source / "tf_fastbat", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "wheel"), str(source)], check=True, capture_output=True, timeout=300)
-    wheel = next((tmp_path / "wheel").glob("tf_fastbat-*.whl"))
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+def test_it_loads_from_an_installed_package_and_evaluates_offline(tmp_path, card, installed):
+    """A wheel built from the checkout and installed elsewhere (not the editable checkout: the `installed` fixture)
+    carries the model: models.load and the evaluation tool reach it by name, offline, on the bundled slice (whose 500
+    test images are the first 500 of CIFAR-10's test set)."""
+    target = installed.target
     code = ("import tf_fastbat, tf_fastbat.pretrained as p\n"
             "from tf_fastbat import models\n"
             f"m = models.load('pretrained:{NAME}')\n"
             "print(tf_fastbat.__file__, p.model_file('" + f"pretrained:{NAME}" + "'), m.count_params())")
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = installed.run([installed.python, "-c", code], cwd=tmp_path, timeout=300)
     package, model_file, _ = run.stdout.split()[-3:]
     assert package.startswith(str(target)) and model_file.startswith(str(target))
     report = tmp_path / "pretrained.json"
-    tool = subprocess.run([sys.executable, "-m", "tf_fastbat.evaluate", f"--model=pretrained:{NAME}",
-                           "--dataset=bundled:cifar10_slice", "--num_examples=100", "--attacks=none",
-                           "--plots=false", "--gradient_alignment=false", f"--output={report}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert tool.returncode == 0, tool.stderr[-2000:]
+    installed.run([installed.python, "-m", "tf_fastbat.evaluate", f"--model=pretrained:{NAME}",
+                   "--dataset=bundled:cifar10_slice", "--num_examples=100", "--attacks=none", "--plots=false",
+                   "--gradient_alignment=false", f"--output={report}"], cwd=tmp_path, timeout=300)
     result = json.loads(report.read_text())
     assert result["num_examples"] == 100 and result["model_kind"] == "keras"
     assert not list(target.rglob("evaluation-*"))  # nothing written into the installed package

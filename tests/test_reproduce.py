@@ -341,6 +341,6 @@ def check_packaged_model(tmp_path, monkeypatch, output, report, extra):
     assert evaluate.read_config(artifact)["dataset"] == "cifar10"
     assert evaluate.output_paths(artifact, None, None)["report"] == os.path.join(
         os.getcwd(), "runs", "evaluate", "tiny_fast_at", "evaluation-tiny_fast_at.json")
-    with pytest.raises(UsageError, match="^--checkpoint=pretrained:nope: no such pretrained model; shipped: "
+    with pytest.raises(UsageError, match="^checkpoint=pretrained:nope: no such pretrained model; shipped: "
                                          "pretrained:tiny_fast_at$"):
         artifacts.resolve("pretrained:nope", "checkpoint")

@@ -515,7 +515,7 @@ def test_slow_server_past_the_timeout_is_retried_then_reported(served, fresh):
     # Slow every time: three attempts of 0.5 s, then one line.
     rest.faults = [slow(5.0, rest)] * 3
     with pytest.raises(client.ServingError, match=rf"^model tiny at {rest.url}: metadata failed: .*no answer within "
-                                                  r"0.5 s \(--timeout\) \(3 attempts over [\d.]+ s\)$"):
+                                                  r"0.5 s \(timeout\) \(3 attempts over [\d.]+ s\)$"):
         client.RestClient(rest.url, MODEL, timeout=0.5, retry=FAST_RETRIES).predict(images)
     rpc.faults = [None, slow(5.0, rpc)]
     grpc_client = client.GrpcClient(rpc.target, MODEL, timeout=0.5, retry=FAST_RETRIES)
@@ -524,7 +524,7 @@ def test_slow_server_past_the_timeout_is_retried_then_reported(served, fresh):
         assert len(rpc.requests) == 2
         rpc.faults = [slow(5.0, rpc)] * 3
         with pytest.raises(client.ServingError, match=r"predict failed: gRPC DEADLINE_EXCEEDED .*no answer within "
-                                                      r"0.5 s \(--timeout\) \(3 attempts"):
+                                                      r"0.5 s \(timeout\) \(3 attempts"):
             grpc_client.predict(images)
     finally:
         grpc_client.close()
@@ -580,7 +580,7 @@ def test_version_that_disappears_before_or_during_the_request_is_reported_or_rep
         "sent all 3 batches again to version 2"]
     # An explicit version that is gone is an error naming the served one.
     with pytest.raises(client.ServingError, match=r"version 1 is not served \(HTTP 404 .*Specific\(tiny, 1\)\); the "
-                                                  r"server serves version 2 \(leave --model_version out to use it\)"):
+                                                  r"server serves version 2 \(leave the version out to use it\)"):
         client.RestClient(rest.url, MODEL, version=1).predict(images)
     # gRPC: gone between the metadata call and the predict call.
     rpc.faults = [None, replace_version(rpc)]

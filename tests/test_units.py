@@ -64,7 +64,7 @@ def test_direct_construction_is_checked_and_the_trainer_checks_what_construction
     with pytest.raises(UsageError, match=r"^eps=8: "):
         FastAT(eps=8)
     with pytest.raises(UsageError, match=r"^eps=8: "):
-        ElleA(eps=8)  # every method checks its fields at construction (methods.fields.validate)
+        ElleA(eps=8)  # every method checks its fields at construction (fields.validate)
     elle = ElleA(eps=8 / 255)
     object.__setattr__(elle, "eps", 8)  # what construction could not see: a field changed afterwards
     with pytest.raises(UsageError, match=r"^eps=8: "):
@@ -104,7 +104,8 @@ def test_evaluation_refuses_eps_in_1_255_units_and_keeps_eps_0(call):
     from tf_fastbat.attacks.pgd import PGDAttack
 
     measure = (lambda eps: evaluation.robustness(fn, x, y, eps, [PGDAttack(2, 1)])) if call == "robustness" else \
-        (lambda eps: evaluation.evaluate_model(fn, x, y, eps, ["pgd"], evaluation.Settings(pgd_steps=2, pgd_restarts=1),
+        (lambda eps: evaluation.evaluate_model(fn, x, y, eps, ["pgd"],
+                                               evaluation.Settings(options={"pgd": {"steps": 2, "restarts": 1}}),
                                                alignment=False))
     with pytest.raises(UsageError) as error:
         measure([0, 8])
@@ -140,7 +141,7 @@ def test_evaluation_of_a_dataset_equals_the_evaluation_of_its_arrays():
     eps = float(np.median(radius))
     keep = np.abs(radius - eps) > 1e-3  # none at the boundary, where float32 could go either way
     x, y = x[keep], y[keep]
-    settings = evaluation.Settings(pgd_steps=10, pgd_restarts=2, seed=3)
+    settings = evaluation.Settings(seed=3, options={"pgd": {"steps": 10, "restarts": 2}})
     from_arrays = evaluation.evaluate_model(fn, x, y, [0, eps], ["pgd"], settings)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(7)  # batches of 7 and a partial last one
     from_dataset = evaluation.evaluate_model(fn, dataset, None, [0, eps], ["pgd"], settings)

@@ -61,33 +61,34 @@ def _workdir_of(keras_file: str) -> Optional[str]:
 
 
 def resolve(path: Optional[str], flag: str = "model", saved_models: bool = True) -> Artifact:
-    """The artifact --`flag`=`path` names; a one-line UsageError naming the flag if it names none."""
+    """The artifact `path` names; if it names none, a one-line UsageError naming it as the parameter `flag`
+    ("model=PATH: ..."; the tools' runner words it as their flag --model or --surrogate)."""
     forms = "a training workdir, a .keras file or a SavedModel directory" if saved_models else \
         "a training workdir or a .keras file"
     if not path:
-        raise UsageError(f"--{flag} is required ({forms})")
+        raise UsageError(f"{flag} is required ({forms})")
     if pretrained.is_pretrained(path):
         try:
             return Artifact(path, "keras", pretrained.model_file(path), None, "pretrained", pretrained.name_of(path))
         except UsageError as error:
-            raise UsageError(f"--{flag}={error}") from error
+            raise UsageError(f"{flag}={error}") from error
     if not os.path.exists(path):
-        raise UsageError(f"--{flag}={path}: no such file or directory")
+        raise UsageError(f"{flag}={path}: no such file or directory")
     if os.path.isdir(path):
         if os.path.isdir(record.Workdir(path).checkpoints) or not saved_models:
             for name in CHECKPOINTS:
                 if os.path.isfile(checkpoint_path(path, name)):
                     return Artifact(path, "keras", checkpoint_path(path, name), path, name, label(path))
-            raise UsageError(f"--{flag}={path}: no {record.checkpoint_names()} in this workdir")
+            raise UsageError(f"{flag}={path}: no {record.checkpoint_names()} in this workdir")
         saved = newest_saved_model(path)
         if saved:
             return Artifact(path, "savedmodel", saved, None, "savedmodel", label(path))
-        raise UsageError(f"--{flag}={path}: a directory that is neither a training workdir (checkpoints/) nor a "
+        raise UsageError(f"{flag}={path}: a directory that is neither a training workdir (checkpoints/) nor a "
                          "SavedModel (saved_model.pb or integer version sub-directories)")
     if not path.endswith(".keras"):
-        raise UsageError(f"--{flag}={path}: expected {forms}")
+        raise UsageError(f"{flag}={path}: expected {forms}")
     if not zipfile.is_zipfile(path):
-        raise UsageError(f"--{flag}={path}: not a .keras archive (a .keras file is a zip archive)")
+        raise UsageError(f"{flag}={path}: not a .keras archive (a .keras file is a zip archive)")
     workdir = _workdir_of(path)
     name = os.path.basename(path)[:-len(".keras")]
     return Artifact(path, "keras", path, workdir, name if workdir and name in CHECKPOINTS else "file", label(path))
@@ -108,17 +109,17 @@ def load_logits_fn(artifact: Artifact, flag: str = "model") -> LogitsFn:
         try:
             return load_serving(artifact.file)
         except (UsageError, FileNotFoundError) as error:
-            raise UsageError(f"--{flag}={artifact.path}: {error}") from error
+            raise UsageError(f"{flag}={artifact.path}: {error}") from error
     from tf_fastbat import models, runtime
     from tf_fastbat.evaluation import classifier_logits
 
     try:
         classifier = models.load(artifact.file)
     except (ValueError, FileNotFoundError) as error:
-        raise UsageError(f"--{flag}={artifact.path}: {one_line(error)}") from error
+        raise UsageError(f"{flag}={artifact.path}: {one_line(error)}") from error
     warning = runtime.onednn_warning(classifier)
     if warning:
-        sys.stderr.write(f"WARNING: --{flag}={artifact.path}: {warning}\n")
+        sys.stderr.write(f"WARNING: {artifact.path}: {warning}\n")
     return classifier_logits(classifier)
 
 
@@ -129,11 +130,11 @@ def check_model_fits(logits_fn: LogitsFn, x, num_labels: int, flag: str = "model
     try:
         output = logits_fn(tf.constant(x[:2]))
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
-        raise UsageError(f"--{flag}: the model does not take the dataset's images of shape "
+        raise UsageError(f"the {flag} does not take the dataset's images of shape "
                          f"{tuple(x.shape[1:])} ({type(error).__name__}: {one_line(error)})") from error
     if output.shape.rank != 2:
-        raise UsageError(f"--{flag}: the model outputs shape {tuple(output.shape)}; expected [batch, classes]")
+        raise UsageError(f"the {flag} outputs shape {tuple(output.shape)}; expected [batch, classes]")
     if output.shape[-1] < num_labels:
-        raise UsageError(f"--{flag}: the model has {output.shape[-1]} outputs but the test labels go up to "
+        raise UsageError(f"the {flag} has {output.shape[-1]} outputs but the test labels go up to "
                          f"{num_labels - 1}")
     return int(output.shape[-1])

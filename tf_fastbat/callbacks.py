@@ -21,6 +21,18 @@ from tf_fastbat.report import eps_key
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss stops being finite; the last epoch's backup is left untouched."""
 
+    def __init__(self, loss: float, batch: int):
+        super().__init__(loss, batch)
+        self.loss, self.batch = loss, batch
+
+    def __str__(self) -> str:
+        return self.advice("the learning rate")
+
+    def advice(self, learning_rate: str) -> str:
+        """The message, naming the setting to lower as `learning_rate` (the training tool names its flag)."""
+        return (f"training loss became {self.loss} at batch {self.batch}; lower {learning_rate} or check the data; "
+                "checkpoints from earlier epochs are kept")
+
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
     """Stops the run with an exception (so that no NaN weights reach a checkpoint)."""
@@ -28,8 +40,7 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLossError(f"training loss became {float(loss)} at batch {batch}; "
-                                     "lower --lr_max or check the data; checkpoints from earlier epochs are kept")
+            raise NonFiniteLossError(float(loss), batch)
 
 
 class EpochTimer(keras.callbacks.Callback):

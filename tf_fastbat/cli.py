@@ -16,7 +16,10 @@ from absl import app, flags
 from tf_fastbat.errors import UsageError, one_line
 from tf_fastbat.runtime import default_cpu_kernels
 
-_ABSL_PREFIX = re.compile(r"^flags? [^:]*: (?=--)")  # absl's "flag --eps=0.03: " before a validator's message
+_PARAMETER = r"([a-z][a-z0-9_]*)(?==| is required)"  # a library message's leading parameter: "eps=8: ..."
+_LEADING_PARAMETER = re.compile(f"^{_PARAMETER}")
+# absl's "flag --eps=0.03: " before a validator's or a flag parser's message (which names the flag or parameter)
+_ABSL_PREFIX = re.compile(f"^flags? [^:]*: (?=--|{_PARAMETER})")
 HELP_ARGUMENTS = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
 WIDTH = 100
 
@@ -31,9 +34,19 @@ def fail(tool: str, message: str) -> None:
     sys.exit(2)
 
 
+def flag_form(message: str) -> str:
+    """A library message in the command line's words: the library names parameters ("eps=8: must be ..."); when
+    the leading one is a flag of the running tool (not a deprecated name, which may mean something else) it
+    becomes the flag ("--eps=8: must be ..."). Any other message is returned as it is."""
+    match = _LEADING_PARAMETER.match(message)
+    if match and match.group(1) in flags.FLAGS and not _is_renamed(flags.FLAGS[match.group(1)]):
+        return f"--{message}"
+    return message
+
+
 def flag_error_message(error: flags.Error) -> str:
     """A flag error as the validator worded it (absl prefixes the flag and its value, which the message names)."""
-    return _ABSL_PREFIX.sub("", one_line(error))
+    return flag_form(_ABSL_PREFIX.sub("", one_line(error)))
 
 
 def define_groups(groups: Sequence[Group]) -> None:
@@ -172,6 +185,8 @@ def run(tool: str, define_flags: Callable[[], None], main: Callable[[List[str]],
             remaining = flags.FLAGS(arguments)
         except flags.Error as error:
             fail(tool, flag_error_message(error))
+        except UsageError as error:  # a library check a multi-flag validator ran
+            fail(tool, flag_form(one_line(error)))
         announce_deprecations(tool)
         return remaining
 
@@ -181,7 +196,7 @@ def run(tool: str, define_flags: Callable[[], None], main: Callable[[List[str]],
         try:
             return main(arguments)
         except (UsageError, FileNotFoundError) as error:
-            fail(tool, str(error))
+            fail(tool, flag_form(one_line(error)))
 
     app.run(guarded, argv=arguments, flags_parser=parse)
 
@@ -192,10 +207,10 @@ def validator(flag: str, check: Callable, message: Optional[Callable] = None) ->
     def validate(value) -> bool:
         try:
             ok = check(value)
-        except UsageError as error:
-            raise flags.ValidationError(str(error)) from error
+        except UsageError as error:  # a library check: its message names the parameter
+            raise flags.ValidationError(flag_form(one_line(error))) from error
         if not ok:
-            raise flags.ValidationError(message(value))
+            raise flags.ValidationError(flag_form(message(value)))
         return True
 
     flags.register_validator(flag, validate)

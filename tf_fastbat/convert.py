@@ -81,6 +81,8 @@ def _normalization_of(dataset: Optional[str], mean: List[str],
                       std: List[str]) -> Tuple[Optional[Sequence[float]], Optional[Sequence[float]]]:
     """(mean, std) from --mean/--std or --dataset, (None, None) to take the checkpoint's."""
     mean, std = _floats(mean, "mean"), _floats(std, "std")
+    if (mean is None) != (std is None):
+        raise flags.ValidationError("--mean and --std go together")
     if dataset is None:
         return mean, std
     if mean is not None or std is not None:
@@ -97,10 +99,17 @@ def convert(f, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) 
     """Read, check and convert the checkpoint, then write the .keras file (complete or not at all)."""
     from tf_fastbat.checkpoints import save_model_atomic
     from tf_fastbat.models import from_torch
+    from tf_fastbat.models.torch_import import NoNormalization
 
-    classifier = from_torch(f.torch_checkpoint, f.architecture, num_classes=f.num_classes, activation=f.activation,
-                            width_multiplier=f.width_multiplier, layout=f.layout, mean=mean, std=std,
-                            input_shape=(f.image_size, f.image_size, 3), checkpoint_key=f.checkpoint_key)
+    try:
+        classifier = from_torch(f.torch_checkpoint, f.architecture, num_classes=f.num_classes,
+                                activation=f.activation, width_multiplier=f.width_multiplier, layout=f.layout,
+                                mean=mean, std=std, input_shape=(f.image_size, f.image_size, 3),
+                                checkpoint_key=f.checkpoint_key)
+    except NoNormalization as error:
+        raise UsageError(f"{error.source} holds no input normalization (mean/std buffers): pass --dataset or "
+                         "--mean/--std (RobustBench: Wong2020Fast --dataset=cifar10; Andriushchenko2020Understanding "
+                         "--mean=0,0,0 --std=1,1,1)") from error
     save_model_atomic(classifier, f.output)
     normalize = classifier.get_layer("normalize")
     shown_mean = ",".join(f"{v:.6g}" for v in normalize.input_mean)

@@ -9,12 +9,14 @@ from typing import Iterator
 import keras
 import tensorflow as tf
 
+from tf_fastbat.errors import UsageError
+
 
 def strategy_for(kind: str) -> tf.distribute.Strategy:
     """--distribution: auto (Mirrored over local GPUs when there are several), none, mirrored, multi_worker."""
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--distribution=multi_worker needs the TF_CONFIG environment variable (see README)")
+            raise UsageError("the multi_worker strategy needs the TF_CONFIG environment variable (see README)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()

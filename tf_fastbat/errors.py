@@ -1,11 +1,13 @@
-"""The one error type for input a user can fix: a bad flag, file or dataset. Its message is one line that names
-the flag or the file; the command-line runner (tf_fastbat.cli) prints it and exits with status 2."""
+"""The one error type for input a user can fix: a bad setting, file or dataset. Its message is one line that names
+the parameter ("eps=8: must be ...") or the file, never a command-line flag; the command-line runner
+(tf_fastbat.cli) words a leading parameter as its flag ("--eps=8: must be ..."), prints the line and exits with
+status 2."""
 
 from __future__ import annotations
 
 
 class UsageError(ValueError):
-    """Input that cannot work, reported before (or instead of) any work; the message names the flag or file."""
+    """Input that cannot work, reported before (or instead of) any work; the message names the parameter or file."""
 
 
 def one_line(message: str) -> str:

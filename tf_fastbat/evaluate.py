@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 from absl import flags
 
-from tf_fastbat import artifacts, cli, flagtypes, record
+from tf_fastbat import artifacts, attack_flags, cli, flagtypes, record
 from tf_fastbat.artifacts import Artifact
 from tf_fastbat.attacks import base as attack_registry
 from tf_fastbat.checkpoints import read_json
@@ -22,7 +22,6 @@ from tf_fastbat.errors import UsageError
 
 FLAGS = flags.FLAGS
 TOOL = "tf_fastbat.evaluate"
-AA_VERSIONS = ("standard", "plus", "rand")
 RENAMED = (("batch_size", "attack_batch_size"),)  # (old, new)
 
 
@@ -142,22 +141,8 @@ def define_attack_flags() -> None:
     flags.DEFINE_list("attacks", ["pgd", "autoattack"], f"Comma list of {', '.join(attack_registry.names())} "
                       "(none: SA only).")
     cli.validator("attacks", lambda v: parse_attacks(v) is not None)
-    flags.DEFINE_integer("pgd_steps", 50, "PGD steps K (step size eps/4).")
-    flags.DEFINE_integer("pgd_restarts", 10, "PGD random restarts R (per-example worst case).")
-    cli.validator("pgd_steps", lambda v: v >= 0, lambda v: "--pgd_steps must be >= 0 and --pgd_restarts >= 1")
-    cli.validator("pgd_restarts", lambda v: v >= 1, lambda v: "--pgd_steps must be >= 0 and --pgd_restarts >= 1")
-    flags.DEFINE_integer("cleverhans_steps", 50, "nb_iter of cleverhans' projected_gradient_descent.")
-    flags.DEFINE_integer("cleverhans_restarts", 1, "Random restarts of cleverhans' PGD.")
-    cli.validator("cleverhans_steps", lambda v: v >= 0,
-                  lambda v: "--cleverhans_steps must be >= 0 and --cleverhans_restarts >= 1")
-    cli.validator("cleverhans_restarts", lambda v: v >= 1,
-                  lambda v: "--cleverhans_steps must be >= 0 and --cleverhans_restarts >= 1")
-    flags.DEFINE_string("aa_version", "standard", f"AutoAttack version: {', '.join(AA_VERSIONS)}.")
-    cli.validator("aa_version", lambda v: v in AA_VERSIONS,
-                  lambda v: f"--aa_version={v}: choose from {', '.join(AA_VERSIONS)}")
+    attack_flags.define()  # each attack's own options (its Options dataclass): --pgd_steps, --aa_version, ...
     flags.DEFINE_string("surrogate", None, "Surrogate model of --attacks=transfer (same forms as --model).")
-    flags.DEFINE_integer("transfer_steps", 20, "PGD steps on the surrogate.")
-    cli.validator("transfer_steps", lambda v: v >= 0, lambda v: f"--transfer_steps={v}: must be >= 0")
     flags.DEFINE_integer("seed", 0, "Seed of every attack's randomness.")
     flags.DEFINE_integer("attack_batch_size", 256, "Images per attack batch.")
     cli.validator("attack_batch_size", lambda v: v >= 1, lambda v: f"--attack_batch_size={v}: must be >= 1")
@@ -182,6 +167,7 @@ def define_renamed_flags() -> None:
 
 def define_flags() -> None:
     """The tool's flags by group, each with its check beside it."""
+    attack_flags.option_flags()  # imports the attacks first: TensorFlow's own flags then stay out of the groups
     cli.define_groups([("Model", define_model_flags), ("Data", define_data_flags), ("Attacks", define_attack_flags),
                        ("Outputs", define_output_flags), ("", define_renamed_flags)])
 
@@ -244,10 +230,8 @@ def run(f=FLAGS) -> Dict:
     artifacts.check_model_fits(logits_fn, x, int(y.max()) + 1)
     if surrogate_fn is not None:
         artifacts.check_model_fits(surrogate_fn, x, int(y.max()) + 1, "surrogate")
-    settings = evaluation.Settings(pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts,
-                                   cleverhans_steps=f.cleverhans_steps, cleverhans_restarts=f.cleverhans_restarts,
-                                   aa_version=f.aa_version, transfer_steps=f.transfer_steps, seed=f.seed,
-                                   batch_size=f.attack_batch_size, surrogate=surrogate.path if surrogate else None,
+    settings = evaluation.Settings(seed=f.seed, batch_size=f.attack_batch_size, options=attack_flags.options_from(f),
+                                   surrogate=surrogate.path if surrogate else None,
                                    surrogate_label=surrogate.label if surrogate else None)
     print(f"Evaluating {artifact.path} ({artifact.kind}) on the first {len(x)} test examples of {dataset}; eps "
           f"{', '.join(report.eps_key(e) for e in eps_list)}; attacks: {', '.join(attacks) or 'none'}", flush=True)

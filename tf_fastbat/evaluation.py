@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -23,17 +23,12 @@ WARNING_EXAMPLES = 100  # examples the model checks (probabilities, randomness, 
 
 @dataclasses.dataclass
 class Settings:
-    """How the --attacks are built (each attack's factory reads its fields)."""
+    """What every attack of an evaluation shares, and each attack's own options by its --attacks name
+    (`options={"pgd": {"steps": 10, "restarts": 1}}`; an attack's defaults for the rest: its `Options`)."""
 
-    pgd_steps: int = 50
-    pgd_restarts: int = 10
-    cleverhans_steps: int = 50
-    cleverhans_restarts: int = 1
-    aa_version: str = "standard"
-    transfer_steps: int = 20
-    transfer_restarts: int = 1
     seed: int = 0
     batch_size: int = 256
+    options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     surrogate: Optional[str] = None  # the surrogate's path, for the report
     surrogate_label: Optional[str] = None  # its short name, in the transfer attack's report key
 

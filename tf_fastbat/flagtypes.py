@@ -14,15 +14,16 @@ from tf_fastbat.units import UNIT
 def to_fraction(flag: str, value: Optional[float], *, maximum: Optional[float] = None,
                 noun: str = "eps and step sizes are") -> Optional[float]:
     """A 1/255-unit value as a fraction of 1; negative, above `maximum`, or in (0, 1) (almost surely already a
-    fraction): refused with a message naming the flag."""
+    fraction): refused with a message naming `flag` as a parameter ("eps=0.03: ..."; the command-line runner
+    words it as the flag)."""
     if value is None:
         return None
     if value < 0 or (maximum is not None and value > maximum):
         limits = ">= 0" if maximum is None else f"in [0, {maximum:g}]"
-        raise UsageError(f"--{flag}={value:g}: must be {limits} (1/255 units)")
+        raise UsageError(f"{flag}={value:g}: must be {limits} (1/255 units)")
     if 0 < value < 1:
-        raise UsageError(f"--{flag}={value:g}: {noun} in 1/255 units (--{flag}=8 means 8/255); "
-                         f"{value:g} looks like a fraction, did you mean --{flag}={value * UNIT:g}?")
+        raise UsageError(f"{flag}={value:g}: {noun} in 1/255 units (8 means 8/255); "
+                         f"{value:g} looks like a fraction, did you mean {value * UNIT:g}?")
     return value / UNIT
 
 
@@ -36,8 +37,8 @@ def fractions(flag: str, values: Sequence[str], noun: str = "eps is") -> List[fl
     try:
         parsed = [float(v) for v in values]
     except ValueError as error:
-        raise UsageError(f"--{flag}={','.join(values)}: not a list of numbers (1/255 units, e.g. "
-                         f"--{flag}=4,8)") from error
+        raise UsageError(f"{flag}={','.join(values)}: not a list of numbers (1/255 units, e.g. "
+                         "4,8)") from error
     return list(dict.fromkeys(to_fraction(flag, value, maximum=UNIT, noun=noun) for value in parsed))
 
 
@@ -55,7 +56,7 @@ class _EpsParser(flags.ArgumentParser):
         try:
             value = float(argument)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"--{self.flag}={argument}: not a number (1/255 units)") from error
+            raise ValueError(f"{self.flag}={argument}: not a number (1/255 units)") from error
         try:
             return to_fraction(self.flag, value, maximum=self.maximum, noun=self.noun)
         except UsageError as error:
@@ -113,3 +114,27 @@ def DEFINE_eps(name: str, default: Optional[float], help: str, *, maximum: Optio
 def DEFINE_eps_list(name: str, default: Sequence[float], help: str, *, noun: str = "eps is") -> None:  # noqa: N802
     """A comma-list flag typed in 1/255 units whose value is a list of fractions."""
     flags.DEFINE(_EpsListParser(name, noun), name, ",".join(f"{v:g}" for v in default), help, serializer=_InUnits())
+
+
+def DEFINE_field(name: str, spec, default, help: str, *, enum: bool = True) -> None:  # noqa: N802
+    """The flag of one dataclass field (tf_fastbat.fields.Spec): pixel fractions typed in 1/255 units, bool, int,
+    float, str (an enum for a field with choices, unless `enum=False`: the choices are then checked by the field's
+    rule) or a tuple of numbers as a comma list."""
+    from tf_fastbat import fields
+
+    if spec.unit == fields.PIXEL:
+        DEFINE_eps(name, None if default is None else in_units(default), help, maximum=spec.cli_maximum)
+    elif spec.type is bool:
+        flags.DEFINE_boolean(name, default, help)
+    elif spec.type is int:
+        flags.DEFINE_integer(name, default, help)
+    elif spec.type is float:
+        flags.DEFINE_float(name, default, help)
+    elif spec.type is str and spec.choices and enum:
+        flags.DEFINE_enum(name, default, list(spec.choices), help)
+    elif spec.type is str:
+        flags.DEFINE_string(name, default, help)
+    elif spec.type is tuple:
+        flags.DEFINE_list(name, None if default is None else [f"{v:g}" for v in default], help)
+    else:
+        raise TypeError(f"{name}: no flag type for {spec.type!r} (bool, int, float, str or tuple)")

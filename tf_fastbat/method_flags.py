@@ -1,4 +1,4 @@
-"""The training tool's method flags, made from the methods' dataclasses (tf_fastbat.methods.fields): one flag per
+"""The training tool's method flags, made from the methods' dataclasses (tf_fastbat.fields): one flag per
 distinct field across the registered methods (a field several share, like eps or attack_lr, is one flag), with its
 help, type, units and default; `hparams_from` reads the chosen method's fields back from the flag values (a field's
 `from_flag` rule where the tool's own flags decide: NuAT's ramp from --epochs, the seeds from --seed), and the
@@ -23,7 +23,7 @@ class MethodFlag:
     """One method flag: the fields (of one or more methods) it sets."""
 
     name: str
-    spec: Any  # methods.fields.Spec of its first declaration
+    spec: Any  # fields.Spec of its first declaration
     owners: List[Tuple[str, dataclasses.Field]]  # (method name, field)
 
     @property
@@ -41,7 +41,7 @@ class MethodFlag:
 def all_flags() -> List[MethodFlag]:
     """One flag per distinct flag name over the registered methods' fields that have a flag of their own."""
     from tf_fastbat import methods
-    from tf_fastbat.methods import fields
+    from tf_fastbat import fields
 
     by_name: Dict[str, MethodFlag] = {}
     for method_name, cls in methods.REGISTRY.items():
@@ -69,7 +69,7 @@ def names() -> List[str]:
 def _from_flags() -> List[str]:
     """The tool's flags some method field takes its value from (--epochs, --seed)."""
     from tf_fastbat import methods
-    from tf_fastbat.methods import fields
+    from tf_fastbat import fields
 
     taken = [fields.spec_of(f).from_flag.flag for cls in methods.REGISTRY.values() for f in dataclasses.fields(cls)
              if fields.spec_of(f).from_flag]
@@ -78,7 +78,7 @@ def _from_flags() -> List[str]:
 
 def _method_flag_help(flag: MethodFlag) -> str:
     from tf_fastbat import methods
-    from tf_fastbat.methods import fields
+    from tf_fastbat import fields
 
     spec, text = flag.spec, flag.spec.help
     if spec.unit == fields.PIXEL:
@@ -97,26 +97,7 @@ def _method_flag_help(flag: MethodFlag) -> str:
 
 
 def _define_method_flag(flag: MethodFlag) -> None:
-    from tf_fastbat.methods import fields
-
-    spec, default, text = flag.spec, flag.default(), _method_flag_help(flag)
-    if spec.unit == fields.PIXEL:
-        flagtypes.DEFINE_eps(flag.name, None if default is None else flagtypes.in_units(default), text,
-                             maximum=spec.cli_maximum)
-    elif spec.type is bool:
-        flags.DEFINE_boolean(flag.name, default, text)
-    elif spec.type is int:
-        flags.DEFINE_integer(flag.name, default, text)
-    elif spec.type is float:
-        flags.DEFINE_float(flag.name, default, text)
-    elif spec.type is str and spec.choices:
-        flags.DEFINE_enum(flag.name, default, list(spec.choices), text)
-    elif spec.type is str:
-        flags.DEFINE_string(flag.name, default, text)
-    elif spec.type is tuple:
-        flags.DEFINE_list(flag.name, None if default is None else [f"{v:g}" for v in default], text)
-    else:
-        raise TypeError(f"--{flag.name}: no flag type for {spec.type!r} (bool, int, float, str or tuple)")
+    flagtypes.DEFINE_field(flag.name, flag.spec, flag.default(), _method_flag_help(flag))
 
 
 def groups() -> List[cli.Group]:
@@ -154,7 +135,7 @@ def hparams_from(values: Mapping[str, Any], method: str) -> Dict[str, Any]:
     """The hyperparameters of `method` from flag values (flag name -> value): its fields with a flag, each from its
     flag (or from_flag's rule when unset), and those taken from another flag (--epochs, --seed)."""
     from tf_fastbat import methods
-    from tf_fastbat.methods import fields
+    from tf_fastbat import fields
 
     hparams = {}
     for field in dataclasses.fields(methods.REGISTRY[method]):
@@ -188,7 +169,7 @@ def build_method(values: Mapping[str, Any]):
     flag ("--lmbda=-1: must be >= 0"). A value given for a flag the method does not take is refused when the
     flag's field says so (attack_lr), else ignored (a base flagfile sets flags for every method)."""
     from tf_fastbat import methods
-    from tf_fastbat.methods import fields
+    from tf_fastbat import fields
 
     method = values["method"]
     for flag in all_flags():

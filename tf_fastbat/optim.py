@@ -43,9 +43,9 @@ class CoupledSGD(keras.optimizers.Optimizer):
         if isinstance(momentum, dict):
             momentum = keras.optimizers.schedules.deserialize(momentum)
         if isinstance(momentum, (int, float)) and not 0.0 <= momentum < 1.0:
-            raise ValueError(f"--momentum must be in [0, 1), got {momentum}")
+            raise ValueError(f"momentum={momentum}: must be in [0, 1)")
         if l2 < 0:
-            raise ValueError(f"--weight_decay must be >= 0, got {l2}")
+            raise ValueError(f"l2={l2}: the weight decay must be >= 0")
         self.momentum = momentum
         self.l2 = l2
         self.steps_per_batch = steps_per_batch
@@ -247,7 +247,7 @@ def schedule(kind: str, *, epochs: int, steps_per_epoch: int, lr_max: float, lr_
         return CyclicLR(lr_min, lr_max, *cyclic_steps(epochs, steps_per_epoch, cyclic_milestone))
     if kind == "multistep":
         return MultiStepLR(lr_max, [e * steps_per_epoch for e in key_epochs], decay)
-    raise ValueError(f"unknown --lr_schedule {kind!r}; choose cyclic, multistep or one_cycle")
+    raise ValueError(f"kind={kind!r}: unknown learning-rate schedule; choose cyclic, multistep or one_cycle")
 
 
 def momentum_schedule(kind: str, *, momentum: float, cycle_momentum: bool, base_momentum: float = 0.8,

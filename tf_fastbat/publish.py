@@ -92,15 +92,16 @@ def export_checkpoint(model: str, export_dir: str, model_name: str = DEFAULT_MOD
     report_json = record.Workdir(artifact.workdir).results() if artifact.workdir else None
     dataset = dataset or config.get("dataset")
     if num_examples < 0:
-        raise UsageError(f"--num_examples={num_examples}: must be >= 0 (0 skips the measurement)")
-    if pgd_steps < 0 or pgd_restarts < 1:
-        raise UsageError(f"--pgd_steps={pgd_steps} --pgd_restarts={pgd_restarts}: need pgd_steps >= 0, "
-                         "pgd_restarts >= 1")
+        raise UsageError(f"num_examples={num_examples}: must be >= 0 (0 skips the measurement)")
+    if pgd_steps < 0:
+        raise UsageError(f"pgd_steps={pgd_steps}: must be >= 0")
+    if pgd_restarts < 1:
+        raise UsageError(f"pgd_restarts={pgd_restarts}: must be >= 1")
     if not eps_list:
         eps_list = fractions("eps", [str(e) for e in config.get("eval_eps") or []] or [str(config.get("eps", 8.0))])
     if num_examples and examples is None and not dataset:
-        raise UsageError(f"--dataset is required: {model} has no {record.CONFIG_FILE} to take it from "
-                         "(or pass --num_examples=0 to skip the robustness measurement)")
+        raise UsageError(f"dataset is required: {model} has no {record.CONFIG_FILE} to take it from "
+                         "(or pass num_examples=0 to skip the robustness measurement)")
     seed = config.get("seed", 0) if seed is None else seed
     image_size = config.get("image_size", 224) if image_size is None else image_size
 
@@ -109,7 +110,7 @@ def export_checkpoint(model: str, export_dir: str, model_name: str = DEFAULT_MOD
     try:
         classifier = models.load(artifact.file)
     except (ValueError, FileNotFoundError) as error:
-        raise UsageError(f"--model={model}: {one_line(error)}") from error
+        raise UsageError(f"model={model}: {one_line(error)}") from error
     metadata = {**training_metadata(config, report_json, artifact.checkpoint, classifier),
                 "checkpoint": os.path.abspath(artifact.file), "dataset": dataset,
                 "eps_255": [in_units(e) for e in eps_list], "eps": list(eps_list), "tf_fastbat_version": __version__}
@@ -120,7 +121,7 @@ def export_checkpoint(model: str, export_dir: str, model_name: str = DEFAULT_MOD
             image_size, seed)
         x, y = x[:num_examples], y[:num_examples]
         if tuple(x.shape[1:]) != tuple(classifier.input_shape[1:]):
-            raise UsageError(f"--dataset={dataset}: images of shape {tuple(x.shape[1:])} do not fit the model's "
+            raise UsageError(f"dataset={dataset}: images of shape {tuple(x.shape[1:])} do not fit the model's "
                              f"input {tuple(classifier.input_shape[1:])}")
         evaluate = measurement(x, y, eps_list, pgd_steps, pgd_restarts, seed, dataset, metadata["training_evaluation"])
     return export_saved_model(classifier, export_dir, model_name, metadata, evaluate,

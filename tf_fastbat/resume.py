@@ -142,10 +142,10 @@ class RunState:
         for flag, value in (("batch_size", self.batch_size), ("steps_per_epoch", self.steps_per_epoch)):
             if state[flag] != value:
                 raise backup.BackupError(f"{found.path} was written with {flag} {state[flag]}, this run has {value}; "
-                                         f"rerun the same command (see {record.CONFIG_FILE}) or use another --workdir")
+                                         f"rerun the same command (see {record.CONFIG_FILE}) or use another workdir")
         if [[name, list(shape)] for name, shape in state["variables"]] != [list(d) for d in self.describe()]:
             raise backup.BackupError(f"{found.path} holds another model or optimizer than this run builds; rerun "
-                                     f"the same command (see {record.CONFIG_FILE}) or use another --workdir")
+                                     f"the same command (see {record.CONFIG_FILE}) or use another workdir")
         for index, (_, variable) in enumerate(self.variables):
             variable.assign(found.arrays[f"{index:05d}"])
         self._restore_best(state["best"], found.file(BEST_KERAS))

@@ -272,7 +272,9 @@ def main(argv) -> None:
     except TrainingInterrupted as interrupted:
         _note(str(interrupted))
         sys.exit(exit_status(interrupted.signum))
-    except (NonFiniteLossError, BackupError) as error:
+    except NonFiniteLossError as error:
+        cli.fail(TOOL, error.advice("--lr_max"))
+    except BackupError as error:
         cli.fail(TOOL, str(error))
 
 

@@ -38,7 +38,7 @@ class WeightAverage:
 
     def __init__(self, classifier: keras.Model, tau: float):
         if not 0.0 < tau < 1.0:
-            raise ValueError(f"--weight_averaging={tau}: the decay tau must be in (0, 1) (0 turns averaging off)")
+            raise ValueError(f"tau={tau}: the decay must be in (0, 1) (0 turns averaging off)")
         self.tau = float(tau)
         self.model = keras.models.clone_model(classifier)  # never trained: its variables change only by `update`
         if [v.path for v in self.model.variables] != [v.path for v in classifier.variables]:

@@ -1,17 +1,21 @@
 """The one interface every robustness measurement goes through, and the registry of --attacks names.
 
-An attack is built once from its settings and then attacks any model given as `logits_fn`, a callable from
-[0, 1] NHWC float32 images to logits. `robust_mask` says, per example, whether the model is right on it and
-the attack did not change that. Adding an attack: one `Attack` subclass and one `register(name, factory)`.
+An attack is built once from the evaluation's shared settings (seed, batch size, surrogate) and its own `Options`
+(a dataclass whose fields, declared with tf_fastbat.fields.hparam, are also the evaluation tool's flags and are
+checked here), and then attacks any model given as `logits_fn`, a callable from [0, 1] NHWC float32 images to
+logits. `robust_mask` says, per example, whether the model is right on it and the attack did not change that.
+Adding an attack: one `Attack` subclass (with its `Options`) and one `register(name, AttackClass)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Type, Union
 
 import numpy as np
+
+from tf_fastbat import fields
 
 LogitsFn = Callable  # [0, 1] NHWC float32 images -> logits
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "apgd-ce", 3, 8
@@ -25,10 +29,24 @@ class Outcome:
     details: Dict = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The options of an attack that has none of its own."""
+
+
 class Attack:
-    """An evaluation attack: `name` is its report key, `settings()` how it ran, `attack(...)` the work."""
+    """An evaluation attack: `name` is its report key, `Options` its own options, `from_settings` how the
+    evaluation builds it, `settings()` how it ran, `attack(...)` the work."""
 
     name: str = "attack"
+    Options: Type = NoOptions  # a frozen dataclass of fields.hparam fields: the attack's options and their checks
+
+    @classmethod
+    def from_settings(cls, settings, options, surrogate_fn: Optional[LogitsFn] = None,
+                      surrogate_label: Optional[str] = None) -> "Attack":
+        """The attack from the evaluation's shared `settings` (tf_fastbat.evaluation.Settings: seed, batch_size,
+        surrogate) and its checked `options` (an instance of `Options`)."""
+        raise NotImplementedError
 
     def settings(self) -> Dict:
         raise NotImplementedError
@@ -43,36 +61,60 @@ class Attack:
         return self.attack(logits_fn, x, y, eps, progress).robust
 
 
-Factory = Callable[..., Attack]  # factory(settings, surrogate_fn=None, surrogate_label=None) -> Attack
-# --attacks name -> "module:factory", imported only when built (cleverhans loads only if its attack is used).
-_REGISTRY: Dict[str, Union[str, Factory]] = {
-    "pgd": "tf_fastbat.attacks.pgd:PGDAttack.from_settings",
-    "cleverhans_pgd": "tf_fastbat.attacks.cleverhans_pgd:CleverhansAttack.from_settings",
-    "autoattack": "tf_fastbat.attacks.autoattack.attack:AutoAttack.from_settings",
-    "transfer": "tf_fastbat.attacks.transfer:TransferAttack.from_settings",
+# --attacks name -> the attack class, or "module:Class" imported only when asked for (cleverhans and AutoAttack
+# load only if their attack is used).
+_REGISTRY: Dict[str, Union[str, Type[Attack]]] = {
+    "pgd": "tf_fastbat.attacks.pgd:PGDAttack",
+    "cleverhans_pgd": "tf_fastbat.attacks.cleverhans_pgd:CleverhansAttack",
+    "autoattack": "tf_fastbat.attacks.autoattack.attack:AutoAttack",
+    "transfer": "tf_fastbat.attacks.transfer:TransferAttack",
 }
 
 
-def register(name: str, factory: Union[str, Factory]) -> None:
-    """Make `name` an --attacks choice; `factory(settings, surrogate_fn=, surrogate_label=)` builds the attack
-    from tf_fastbat.evaluation.Settings (or is "module:attribute" naming such a factory)."""
-    _REGISTRY[name] = factory
+def register(name: str, attack: Union[str, Type[Attack]]) -> None:
+    """Make `name` an --attacks choice (its options become the evaluation tool's flags): an Attack subclass, or
+    "module:Class" naming one."""
+    _REGISTRY[name] = attack
 
 
 def names() -> tuple:
     return tuple(_REGISTRY)
 
 
+def attack_class(name: str) -> Type[Attack]:
+    """The Attack subclass registered as `name`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"attack={name!r}: unknown; choose from {', '.join(_REGISTRY)}")
+    found = _REGISTRY[name]
+    if isinstance(found, str):
+        module, _, attribute = found.partition(":")
+        found = importlib.import_module(module)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    return found
+
+
+def options(name: str, given: Optional[Mapping[str, Any]] = None):
+    """The options of attack `name`: its `Options` defaults, with the `given` values (field name -> value),
+    checked by the fields' rules (fields.HParamError naming the option, e.g. "steps=-1: must be ...")."""
+    cls = attack_class(name).Options
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(given or {}) - known)
+    if unknown:
+        raise ValueError(f"{name} options {', '.join(unknown)}: unknown; {name} takes "
+                         f"{', '.join(sorted(known)) or 'none'}")
+    chosen = cls(**(given or {}))
+    fields.validate(chosen)
+    return chosen
+
+
 def build(name: str, settings, surrogate_fn: Optional[LogitsFn] = None,
           surrogate_label: Optional[str] = None) -> Attack:
-    """The attack registered as `name`, built from the evaluation settings."""
-    factory = _REGISTRY[name]
-    if isinstance(factory, str):
-        module, _, attribute = factory.partition(":")
-        factory = importlib.import_module(module)
-        for part in attribute.split("."):
-            factory = getattr(factory, part)
-    return factory(settings, surrogate_fn=surrogate_fn, surrogate_label=surrogate_label)
+    """The attack registered as `name`, built from the evaluation's settings and its options there
+    (`settings.options[name]`, defaults for the rest)."""
+    given = (getattr(settings, "options", None) or {}).get(name, {})
+    return attack_class(name).from_settings(settings, options(name, given), surrogate_fn=surrogate_fn,
+                                            surrogate_label=surrogate_label)
 
 
 class EngineCache:

@@ -9,14 +9,15 @@ float because cleverhans asserts `eps_iter <= eps` in Python.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
 from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
 from tf_fastbat.attacks.pgd import PGD
+from tf_fastbat.fields import hparam, whole
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 
@@ -40,6 +41,8 @@ class CleverhansPGD(PGD):
         """The traced attack for one (eps, eps_iter); free batch size and step count."""
         key = (float(eps), float(eps_iter))
         if key not in self._attacks:
+            from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+
             logits_fn = lambda images: tf.cast(self.logits_fn(images), tf.float32)  # noqa: E731
 
             def attack(x, y, steps):
@@ -71,8 +74,17 @@ class CleverhansPGD(PGD):
         return super().robust_mask(x, y, eps, steps, restarts, eps_iter, seed, progress)
 
 
+@dataclasses.dataclass(frozen=True)
+class CleverhansOptions:
+    steps: int = hparam(50, "nb_iter of cleverhans' projected_gradient_descent.", flag="cleverhans_steps",
+                        check=whole(0))
+    restarts: int = hparam(1, "Random restarts of cleverhans' PGD.", flag="cleverhans_restarts", check=whole(1))
+
+
 class CleverhansAttack(Attack):
     """cleverhans' PGD behind the Attack interface: nb_iter `steps`, eps_iter eps/4, `restarts` runs."""
+
+    Options = CleverhansOptions
 
     def __init__(self, steps: int = 50, restarts: int = 1, seed: int = 0, batch_size: int = 256):
         self.steps, self.restarts, self.seed = steps, restarts, seed
@@ -80,8 +92,8 @@ class CleverhansAttack(Attack):
         self._engine = EngineCache(lambda logits_fn: CleverhansPGD(logits_fn, batch_size))
 
     @classmethod
-    def from_settings(cls, settings, **_) -> "CleverhansAttack":
-        return cls(settings.cleverhans_steps, settings.cleverhans_restarts, settings.seed, settings.batch_size)
+    def from_settings(cls, settings, options: CleverhansOptions, **_) -> "CleverhansAttack":
+        return cls(options.steps, options.restarts, settings.seed, settings.batch_size)
 
     def settings(self) -> Dict:
         return {"implementation": "cleverhans.tf2.attacks.projected_gradient_descent", "nb_iter": self.steps,

@@ -5,12 +5,14 @@ Per-example worst case over restarts; an example already broken is not attacked 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
+from tf_fastbat.fields import hparam, whole
 from tf_fastbat.linf import ce_sum, project
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
@@ -92,8 +94,17 @@ class PGD:
         return robust
 
 
+@dataclasses.dataclass(frozen=True)
+class PGDOptions:
+    steps: int = hparam(50, "PGD steps K (step size eps/4).", flag="pgd_steps", check=whole(0))
+    restarts: int = hparam(10, "PGD random restarts R (per-example worst case).", flag="pgd_restarts",
+                           check=whole(1))
+
+
 class PGDAttack(Attack):
     """PGD-K-R behind the Attack interface: K steps of `step_size` (eps/4 by default), R restarts."""
+
+    Options = PGDOptions
 
     def __init__(self, steps: int = 50, restarts: int = 10, step_size: Optional[float] = None, seed: int = 0,
                  batch_size: int = 256):
@@ -102,8 +113,8 @@ class PGDAttack(Attack):
         self._engine = EngineCache(lambda logits_fn: PGD(logits_fn, batch_size))
 
     @classmethod
-    def from_settings(cls, settings, **_) -> "PGDAttack":
-        return cls(settings.pgd_steps, settings.pgd_restarts, seed=settings.seed, batch_size=settings.batch_size)
+    def from_settings(cls, settings, options: PGDOptions, **_) -> "PGDAttack":
+        return cls(options.steps, options.restarts, seed=settings.seed, batch_size=settings.batch_size)
 
     def settings(self) -> Dict:
         return {"implementation": "tf_fastbat.attacks.pgd.PGD", "steps": self.steps, "restarts": self.restarts,

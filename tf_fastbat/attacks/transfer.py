@@ -6,6 +6,7 @@ image (one per restart) correctly, so that transfer RA <= SA like every other ro
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -14,6 +15,7 @@ import tensorflow as tf
 from tf_fastbat.attacks.base import Attack, EngineCache, Outcome, restart_progress
 from tf_fastbat.attacks.pgd import PGD
 from tf_fastbat.errors import UsageError
+from tf_fastbat.fields import hparam, whole
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 DEFAULT_STEPS = 20
@@ -35,9 +37,18 @@ class TransferPGD(PGD):
         return self.surrogate.perturb(x, y, eps, steps, step_size, seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class TransferOptions:
+    steps: int = hparam(DEFAULT_STEPS, "PGD steps on the surrogate.", flag="transfer_steps", check=whole(0))
+    restarts: int = hparam(1, "Random restarts on the surrogate (an example is robust when every restart's "
+                           "transferred image fails).", flag="transfer_restarts", check=whole(1))
+
+
 class TransferAttack(Attack):
     """Transfer from a surrogate behind the Attack interface: the surrogate's PGD-`steps` examples, scored on the
     attacked model (the victim)."""
+
+    Options = TransferOptions
 
     def __init__(self, surrogate_fn: LogitsFn, surrogate_label: str, steps: int = DEFAULT_STEPS, restarts: int = 1,
                  seed: int = 0, batch_size: int = 256, surrogate: Optional[str] = None):
@@ -46,11 +57,13 @@ class TransferAttack(Attack):
         self._engine = EngineCache(lambda victim_fn: TransferPGD(surrogate_fn, victim_fn, batch_size))
 
     @classmethod
-    def from_settings(cls, settings, surrogate_fn=None, surrogate_label=None, **_) -> "TransferAttack":
+    def from_settings(cls, settings, options: TransferOptions, surrogate_fn=None, surrogate_label=None,
+                      **_) -> "TransferAttack":
         if surrogate_fn is None:
-            raise UsageError("--attacks=transfer needs --surrogate=PATH (a workdir, .keras file or SavedModel)")
-        return cls(surrogate_fn, surrogate_label, settings.transfer_steps, settings.transfer_restarts, settings.seed,
-                   settings.batch_size, surrogate=getattr(settings, "surrogate", None))
+            raise UsageError("attacks=transfer needs surrogate_fn, the logits function of the model whose adversarial "
+                             "examples are transferred")
+        return cls(surrogate_fn, surrogate_label, options.steps, options.restarts, settings.seed, settings.batch_size,
+                   surrogate=getattr(settings, "surrogate", None))
 
     def settings(self) -> Dict:
         return {"implementation": "tf_fastbat.attacks.transfer.TransferPGD", "surrogate": self.surrogate,

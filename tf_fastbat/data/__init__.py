@@ -70,7 +70,7 @@ def splits(source: Source, batch_size: int, val_ratio: float, seed: int, validat
         (x_train, y_train), (x_val, y_val) = pipeline.split_validation(
             source.x_train, source.y_train, val_ratio, seed)
         if len(x_train) < batch_size:
-            raise DataError(f"--batch_size={batch_size} exceeds the {len(x_train)} training examples of "
+            raise DataError(f"batch_size={batch_size} exceeds the {len(x_train)} training examples of "
                             f"{source.name}")
         num_held_out = len(x_val)
         x_val, y_val = x_val[:validation_examples], y_val[:validation_examples]

@@ -29,7 +29,7 @@ TFDS_STREAMED = ("imagenet2012",)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG")
 
 
-DataError = UsageError  # a dataset that cannot be used; the message names the flag or file
+DataError = UsageError  # a dataset that cannot be used; the message names the dataset (dataset=...) or file
 
 
 @dataclasses.dataclass
@@ -77,7 +77,7 @@ def load_npz(path: str, test_only: bool = False) -> Source:
     """An npz with x_train, y_train, x_test, y_test (uint8 NHWC images, integer labels); with `test_only` (what
     evaluation needs) x_test and y_test are enough, and the training arrays are not read."""
     if not os.path.isfile(path):
-        raise DataError(f"--dataset=npz:{path}: file not found")
+        raise DataError(f"dataset=npz:{path}: file not found")
     wanted = TEST_KEYS if test_only else TRAIN_KEYS + TEST_KEYS
     try:
         with np.load(path) as archive:
@@ -85,12 +85,12 @@ def load_npz(path: str, test_only: bool = False) -> Source:
             if missing:
                 need = "evaluation needs x_test and y_test" if test_only else \
                     "training needs x_train, y_train, x_test and y_test; evaluation only x_test and y_test"
-                raise DataError(f"--dataset=npz:{path}: missing keys {', '.join(sorted(missing))} ({need})")
+                raise DataError(f"dataset=npz:{path}: missing keys {', '.join(sorted(missing))} ({need})")
             arrays = {k: archive[k] for k in wanted}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
         if isinstance(error, DataError):
             raise
-        raise DataError(f"--dataset=npz:{path}: not a readable npz file ({error})") from error
+        raise DataError(f"dataset=npz:{path}: not a readable npz file ({error})") from error
     _check_arrays(arrays["x_test"], arrays["y_test"], f"{path} (test)")
     if test_only:
         return _npz_source(path, arrays["x_test"], arrays["y_test"], None, None, arrays["x_test"], arrays["y_test"])
@@ -124,16 +124,16 @@ def load_tfds(name: str, data_dir: Optional[str], manual_dir: Optional[str], ima
     try:
         import tensorflow_datasets as tfds
     except ImportError as error:
-        raise DataError(f"--dataset={name} needs tensorflow_datasets: pip install tensorflow-datasets") from error
+        raise DataError(f"dataset={name} needs tensorflow_datasets: pip install tensorflow-datasets") from error
     if name not in TFDS_IN_MEMORY + TFDS_STREAMED:
-        raise DataError(f"--dataset={name}: supported TFDS names are {', '.join(TFDS_IN_MEMORY + TFDS_STREAMED)}; "
+        raise DataError(f"dataset={name}: supported TFDS names are {', '.join(TFDS_IN_MEMORY + TFDS_STREAMED)}; "
                         "use npz:PATH or folder:PATH for others")
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         builder.download_and_prepare(download_config=download_config)
     except Exception as error:  # network, missing manual files, corrupt cache: all end here
-        raise DataError(f"--dataset={name}: tensorflow_datasets could not prepare it ({type(error).__name__}: "
+        raise DataError(f"dataset={name}: tensorflow_datasets could not prepare it ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); offline, use npz:PATH") from error
     info = builder.info
     class_names = tuple(info.features["label"].names)
@@ -169,15 +169,15 @@ def load_folder(path: str, image_size: int) -> Source:
     """An ImageNet-style tree: PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg."""
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(path, split)):
-            raise DataError(f"--dataset=folder:{path}: no {split}/ sub-folder")
+            raise DataError(f"dataset=folder:{path}: no {split}/ sub-folder")
     class_names = tuple(sorted(d for d in os.listdir(os.path.join(path, "train"))
                                if os.path.isdir(os.path.join(path, "train", d))))
     if not class_names:
-        raise DataError(f"--dataset=folder:{path}: train/ holds no class sub-folders")
+        raise DataError(f"dataset=folder:{path}: train/ holds no class sub-folders")
     train_files, train_labels = _list_tree(os.path.join(path, "train"), class_names)
     test_files, test_labels = _list_tree(os.path.join(path, "val"), class_names)
     if not train_files or not test_files:
-        raise DataError(f"--dataset=folder:{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) under train/ or val/")
+        raise DataError(f"dataset=folder:{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) under train/ or val/")
     mean, std = NORMALIZATION["imagenet2012"]
     return Source(name=f"folder:{path}", num_classes=len(class_names), class_names=class_names,
                   image_shape=(image_size, image_size, 3), mean=mean, std=std,
@@ -190,7 +190,7 @@ BUNDLED = {"cifar10_slice": "cifar10_slice.npz"}  # bundled:NAME, package data o
 def bundled_path(name: str) -> str:
     """The file of a dataset shipped inside the package (installed or not), found with importlib.resources."""
     if name not in BUNDLED:
-        raise DataError(f"--dataset=bundled:{name}: no such bundled dataset; choose from {', '.join(BUNDLED)}")
+        raise DataError(f"dataset=bundled:{name}: no such bundled dataset; choose from {', '.join(BUNDLED)}")
     return str(importlib.resources.files("tf_fastbat.data").joinpath(BUNDLED[name]))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tf_fastbat.methods import fields
+from tf_fastbat import fields
 from tf_fastbat.methods.base import Method
 from tf_fastbat.methods.elle import ElleA
 from tf_fastbat.methods.fast_at import FastAT
@@ -44,15 +44,22 @@ def build(name: str, **hparams) -> Method:
     """The method `name` with the given hyperparameters (eps and step sizes as fractions of 1, in (0, 1]); others,
     and eps=8-style values, are refused."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown --method {name!r}; choose one of {', '.join(NAMES)}")
+        raise ValueError(f"method={name!r}: unknown; choose one of {', '.join(NAMES)}")
     cls = REGISTRY[name]
     accepted = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(hparams) - accepted)
     if unknown:
-        raise ValueError(f"--method={name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+        raise ValueError(f"method={name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
     method = cls(**hparams)
     fields.validate(method)  # also for a method whose own __post_init__ does not run Method's
     return method
 
 
-__all__ = ["build", "fields", "Method", "NAMES", "REGISTRY", "register"]
+def label(name: str) -> str:
+    """The registered method's name in tables and figures ("Fast-BAT" for fast_bat)."""
+    if name not in REGISTRY:
+        raise ValueError(f"method={name!r}: unknown; choose one of {', '.join(NAMES)}")
+    return REGISTRY[name].label
+
+
+__all__ = ["build", "fields", "label", "Method", "NAMES", "REGISTRY", "register"]

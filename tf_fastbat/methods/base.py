@@ -14,8 +14,8 @@ from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 import tensorflow as tf
 
 from tf_fastbat import units
-from tf_fastbat.methods import fields
-from tf_fastbat.methods.fields import PIXEL, SMOOTHING_APPLIES, hparam, within
+from tf_fastbat import fields
+from tf_fastbat.fields import PIXEL, SMOOTHING_APPLIES, hparam, within
 
 StateSpec = Dict[str, Tuple[Tuple[int, ...], tf.DType]]
 
@@ -58,6 +58,7 @@ class Method:
         check=[within(0, 1, high_open=True), SMOOTHING_APPLIES])
 
     name = "method"
+    label: ClassVar[str] = "Method"  # the method's name in the paper's tables and figures ("Fast-BAT")
     needs_index: ClassVar[bool] = False  # True: the training batches carry the examples' positions (context.index)
     # True: the update follows the epoch (context.epoch_index / epoch_step), so the trainer must know its length.
     needs_epoch: ClassVar[bool] = False

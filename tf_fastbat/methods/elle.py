@@ -20,9 +20,10 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_fastbat.methods import fields, global_batch, state
+from tf_fastbat import fields
+from tf_fastbat.methods import global_batch, state
 from tf_fastbat.methods.base import Method, Step
-from tf_fastbat.methods.fields import FromFlag, at_least, hparam, one_of, whole, within
+from tf_fastbat.fields import FromFlag, at_least, hparam, one_of, whole, within
 from tf_fastbat.methods.common import ce_mean, input_gradient, scaled
 from tf_fastbat.methods.statistics import OfficialForwards
 
@@ -90,6 +91,7 @@ class ElleA(Method):
         flag="elle_optimizer_steps", check=whole(1))
 
     name = "elle_a"
+    label = "ELLE-A"  # in tables and figures
     # FastAT_Benchmark's elle.py smooths the training CE only (its FGSM and the triplet losses use plain CE).
     smoothed_losses = ("training",)
 

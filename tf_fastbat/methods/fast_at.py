@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from tf_fastbat.methods import fields
+from tf_fastbat import fields
 from tf_fastbat.methods.base import Method
 from tf_fastbat.methods.common import train_on, project, signed_step
 
@@ -15,6 +15,7 @@ class FastAT(Method):
     attack_lr: Optional[float] = fields.attack_lr("1.25 eps, as in the official code")
 
     name = "fast_at"
+    label = "Fast-AT"  # in tables and figures
     smoothed_losses = ("attack", "training")  # FastAT_Benchmark's FGSM-RS uses its criterion for both
 
     def step_size(self) -> float:

@@ -7,9 +7,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_fastbat.methods import fields
+from tf_fastbat import fields
 from tf_fastbat.methods.base import Method, Step
-from tf_fastbat.methods.fields import at_least, hparam
+from tf_fastbat.fields import at_least, hparam
 from tf_fastbat.methods.common import ce_mean, input_gradient, project, scaled
 from tf_fastbat.methods.statistics import OfficialForwards
 
@@ -48,6 +48,7 @@ class FastATGA(Method):
     attack_lr: Optional[float] = fields.attack_lr("1.25 eps")
 
     name = "fast_at_ga"
+    label = "Fast-AT-GA"  # in tables and figures
     smoothed_losses = ("training",)  # FastAT_Benchmark's GradAlign: plain CE for the FGSM and alignment gradients
 
     def coefficient(self) -> float:

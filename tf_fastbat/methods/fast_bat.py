@@ -7,9 +7,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_fastbat.methods import fields
+from tf_fastbat import fields
 from tf_fastbat.methods.base import Method, Step
-from tf_fastbat.methods.fields import above, at_least, hparam, one_of
+from tf_fastbat.fields import above, at_least, hparam, one_of
 from tf_fastbat.methods.common import ce_sum, input_gradient, project, scaled, unscaled
 from tf_fastbat.methods.statistics import OfficialForwards
 
@@ -46,6 +46,7 @@ class FastBAT(Method):
     cg_steps: int = hparam(5, "Conjugate-gradient iterations of implicit_gradient=hessian_aware.", check=at_least(1))
 
     name = "fast_bat"
+    label = "Fast-BAT"  # in tables and figures
     smoothed_losses = ("training",)  # the upper-level loss at delta* (not in FastAT_Benchmark; like its PGD-AT)
     fraction_fields = ("eps",)  # attack_lr is the non-sign step a (official 5000/255), not a pixel fraction
 

@@ -17,9 +17,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_fastbat.methods import fields
+from tf_fastbat import fields
 from tf_fastbat.methods.base import Method, Step, StepContext
-from tf_fastbat.methods.fields import at_least, hparam, within
+from tf_fastbat.fields import at_least, hparam, within
 from tf_fastbat.methods.common import ce_mean, ce_sum, scaled, unscaled
 from tf_fastbat.methods.state import global_sum, write_rows
 
@@ -47,6 +47,7 @@ class FGSMPGI(Method):
                                flag="pgi_epochs_reset", check=at_least(1))
 
     name = "fgsm_pgi"
+    label = "FGSM-PGI"  # in tables and figures
     needs_index = True
     needs_epoch = True  # the stored perturbations restart every epochs_reset epochs
     # The official code smooths both losses (its factor 0.6 is torch's label_smoothing 4/9); FastAT_Benchmark too.

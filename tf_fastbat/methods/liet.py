@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tf_fastbat.methods import global_batch, state
 from tf_fastbat.methods.base import Method, Step, StepContext
-from tf_fastbat.methods.fields import FromFlag, at_least, check, hparam, within
+from tf_fastbat.fields import FromFlag, at_least, check, hparam, within
 from tf_fastbat.methods.common import scaled, unscaled
 
 GRAY = 0.5  # the constant image whose class gradients give the label-indicative perturbation
@@ -102,6 +102,7 @@ class LIET(Method):
     seed: int = hparam(0, "Seed of the step's draws.", own_flag=False, from_flag=FromFlag("seed"))
 
     name = "liet"
+    label = "LIET"  # in tables and figures
     needs_epoch = True  # lambda ramps per epoch; the perturbations are renewed within each epoch
 
     def settings(self) -> Settings:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from tf_fastbat.methods import fields
+from tf_fastbat import fields
 from tf_fastbat.methods.base import Method
-from tf_fastbat.methods.fields import PIXEL, hparam
+from tf_fastbat.fields import PIXEL, hparam
 from tf_fastbat.methods.common import clip_to_box, train_on, signed_step
 
 
@@ -18,6 +18,7 @@ class NFGSM(Method):
     attack_lr: Optional[float] = fields.attack_lr("eps")  # alpha
 
     name = "n_fgsm"
+    label = "N-FGSM"  # in tables and figures
     smoothed_losses = ("attack", "training")  # FastAT_Benchmark's N-FGSM uses its criterion for both
 
     def step(self, model, x, y, noise, context, loss_scale=None):

@@ -20,9 +20,9 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from tf_fastbat.methods import global_batch
-from tf_fastbat.methods import fields
+from tf_fastbat import fields
 from tf_fastbat.methods.base import Method, Step
-from tf_fastbat.methods.fields import PIXEL, FromFlag, above, at_least, hparam
+from tf_fastbat.fields import PIXEL, FromFlag, above, at_least, hparam
 from tf_fastbat.methods.common import ce_mean, project, scaled, unscaled
 
 NUC_MAX = 4.5  # NuAT_cifar10.py's Nuc_max (FastAT_Benchmark's reading uses 4.0)
@@ -63,6 +63,7 @@ class NuAT(Method):
                                                        "the official rule R = --epochs - 10, at least 1"))
 
     name = "nu_at"
+    label = "NuAT"  # in tables and figures
     needs_epoch = True  # lambda ramps per epoch; the attack alternates within each epoch
     # FastAT_Benchmark's nu_at.py uses its smoothed criterion for the attack's CE and the training CE.
     smoothed_losses = ("attack", "training")

@@ -7,9 +7,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_fastbat.methods import fields
+from tf_fastbat import fields
 from tf_fastbat.methods.base import Method
-from tf_fastbat.methods.fields import at_least, hparam
+from tf_fastbat.fields import at_least, hparam
 from tf_fastbat.methods.common import train_on, project, signed_step
 
 
@@ -24,6 +24,7 @@ class PGD(Method):
     attack_lr: Optional[float] = fields.attack_lr("0.5 eps for 2 steps, otherwise 2")
 
     name = "pgd"
+    label = "PGD-AT"  # in tables and figures
     smoothed_losses = ("training",)  # FastAT_Benchmark's PGD-AT attack is torchattacks' PGD, its own plain CE
 
     def step_size(self) -> float:

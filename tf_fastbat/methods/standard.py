@@ -11,6 +11,7 @@ from tf_fastbat.methods.common import train_on
 @dataclasses.dataclass(frozen=True)
 class Standard(Method):
     name = "standard"
+    label = "Standard"  # in tables and figures
     eps_may_be_zero = True  # nothing is attacked
     smoothed_losses = ("training",)
 

@@ -35,11 +35,11 @@ def build(name: str, num_classes: int = 10, activation: str = "relu", width_mult
     `options` go to the architecture (e.g. preact_resnet's final_bn, for checkpoints of other PreActResNets).
     """
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown --architecture {name!r}; choose one of {', '.join(NAMES)}")
+        raise ValueError(f"architecture={name!r}: unknown; choose one of {', '.join(NAMES)}")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown --activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"activation={activation!r}: unknown; choose one of {', '.join(ACTIVATIONS)}")
     if width_multiplier <= 0:
-        raise ValueError(f"--width_multiplier must be positive, got {width_multiplier}")
+        raise ValueError(f"width_multiplier={width_multiplier}: must be positive")
     inputs = keras.Input(shape=input_shape, name="image", dtype="float32")
     variance = [s * s for s in std]
     normalized = keras.layers.Normalization(axis=-1, mean=list(mean), variance=variance, name="normalize")(inputs)

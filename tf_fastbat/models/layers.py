@@ -62,7 +62,7 @@ def batch_norm(name: str = None):
 
 def activation(kind: str, name: str = None):
     if kind not in ACTIVATIONS:
-        raise ValueError(f"unknown --activation {kind!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"activation={kind!r}: unknown; choose one of {', '.join(ACTIVATIONS)}")
     if kind == "softplus":
         return ScaledSoftplus(10.0, name=name)
     return keras.layers.Activation({"relu": "relu", "swish": "silu"}[kind], name=name)

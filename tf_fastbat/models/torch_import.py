@@ -37,6 +37,16 @@ SHOWN_KEYS = 4
 TorchImportError = UsageError  # a checkpoint that cannot become the requested model; names the file and the keys
 
 
+class NoNormalization(TorchImportError):
+    """A checkpoint without input-normalization buffers, and no mean and std given: the caller says where they
+    come from (the conversion tool names its flags)."""
+
+    def __init__(self, source: str):
+        super().__init__(f"{source} holds no input normalization (mean/std buffers): pass mean and std (RobustBench: "
+                         "Wong2020Fast, CIFAR-10's; Andriushchenko2020Understanding, mean=(0, 0, 0) and std=(1, 1, 1))")
+        self.source = source
+
+
 class Target(NamedTuple):
     """One Keras variable and the torch parameter that fills it."""
 
@@ -87,7 +97,7 @@ def read_state_dict(path: Union[str, os.PathLike], checkpoint_key: Optional[str]
     """The tensors of a torch.save file (a state dict, or a dict holding one), read with weights_only as numpy."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--torch_checkpoint={path}: file not found")
+        raise FileNotFoundError(f"{path}: file not found")
     import torch
 
     try:
@@ -109,7 +119,7 @@ def _reason(error: Exception) -> str:
 def _state_dict_of(saved: Any, checkpoint_key: Optional[str], source: str) -> Mapping[str, Any]:
     if checkpoint_key:
         if not isinstance(saved, Mapping) or checkpoint_key not in saved:
-            raise TorchImportError(f"--checkpoint_key={checkpoint_key}: no such entry in {source}")
+            raise TorchImportError(f"checkpoint_key={checkpoint_key}: no such entry in {source}")
         return _state_dict_of(saved[checkpoint_key], None, source)
     if isinstance(saved, Mapping) and saved and all(_is_tensor(v) for v in saved.values()):
         return saved
@@ -118,7 +128,7 @@ def _state_dict_of(saved: Any, checkpoint_key: Optional[str], source: str) -> Ma
             if isinstance(saved.get(key), Mapping):
                 return _state_dict_of(saved[key], None, source)
         entries = ", ".join(str(k) for k in list(saved)[:8])
-        raise TorchImportError(f"{source} holds no state dict (its entries: {entries}); name one with --checkpoint_key")
+        raise TorchImportError(f"{source} holds no state dict (its entries: {entries}); name one with checkpoint_key")
     raise TorchImportError(f"{source} holds a {type(saved).__name__}, not a state dict")
 
 
@@ -141,15 +151,15 @@ def _numpy(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
 def _family(model: str, layout: str) -> str:
     """preact, resnet or wrn: which module tree `model` has; refuses layouts that the architecture lacks."""
     if model not in models.NAMES:
-        raise TorchImportError(f"unknown --architecture {model!r}; choose one of {', '.join(models.NAMES)}")
+        raise TorchImportError(f"architecture={model!r}: unknown; choose one of {', '.join(models.NAMES)}")
     if layout not in LAYOUTS:
-        raise TorchImportError(f"unknown --layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise TorchImportError(f"layout={layout!r}: unknown; choose one of {', '.join(LAYOUTS)}")
     if model == "resnet50_imagenet":
-        raise TorchImportError("--architecture=resnet50_imagenet has no PyTorch layout here: the zoo's 7x7 stem "
+        raise TorchImportError("architecture=resnet50_imagenet has no PyTorch layout here: the zoo's 7x7 stem "
                                "(conv1_size=7) has no max-pool, so its checkpoints would give other logits")
     family = "preact" if model.startswith("preact_resnet") else "wrn" if model.startswith("wrn") else "resnet"
     if family == "wrn" and layout in ("robustbench", "kuangliu"):
-        raise TorchImportError(f"--layout={layout} is a PreActResNet/ResNet module tree; --architecture={model} has "
+        raise TorchImportError(f"layout={layout} is a PreActResNet/ResNet module tree; architecture={model} has "
                                "only the zoo's (RobustBench's WideResNet is another one)")
     return family
 
@@ -175,23 +185,25 @@ def _split_normalization(state: Dict[str, np.ndarray], source: str):
 def _normalization(buffers, mean, std, source: str, channels: int) -> Tuple[List[float], List[float]]:
     """The checkpoint's mean/std, else the given ones; both given must agree, since either changes every logit."""
     if (mean is None) != (std is None):
-        raise TorchImportError("--mean and --std go together")
-    given = None if mean is None else (_channel_values(mean, "--mean", channels),
-                                       _channel_values(std, "--std", channels))
+        raise TorchImportError("mean and std go together (give both or neither)")
+    given = None if mean is None else (_channel_values(mean, f"mean={_shown(mean)}", channels),
+                                       _channel_values(std, f"std={_shown(std)}", channels))
     if buffers is None:
         if given is None:
-            raise TorchImportError(
-                f"{source} holds no input normalization (mean/std buffers): pass --dataset or --mean/--std "
-                "(RobustBench: Wong2020Fast --dataset=cifar10; Andriushchenko2020Understanding --mean=0,0,0 "
-                "--std=1,1,1)")
+            raise NoNormalization(source)
         return given
     (mean_key, mean_value), (std_key, std_value) = buffers["mean"], buffers["std"]
     stored = (_channel_values(mean_value, mean_key, channels), _channel_values(std_value, std_key, channels))
     if given is not None and not np.allclose(given, stored, rtol=0, atol=1e-6):
-        raise TorchImportError(f"the given mean/std {given[0]}/{given[1]} (--mean/--std, --dataset) differ from "
+        raise TorchImportError(f"the given mean/std {given[0]}/{given[1]} differ from "
                                f"{source}'s {mean_key}/{std_key} {stored[0]}/{stored[1]}; drop them to use the "
                                "checkpoint's")
     return stored
+
+
+def _shown(values) -> str:
+    """Given mean or std values as a comma list."""
+    return ",".join(f"{float(v):g}" for v in np.asarray(values).reshape(-1))
 
 
 def _channel_values(values, name: str, channels: int) -> List[float]:
@@ -317,8 +329,8 @@ def _check_shapes(state: Mapping[str, np.ndarray], prefix: str, targets: List[Ta
         if found != shape:
             wrong.append(f"{prefix + target.key} is {found} there, {shape} here")
     if wrong:
-        raise TorchImportError(f"{source} does not fit {model} at --width_multiplier={width_multiplier:g}, "
-                               f"--num_classes={num_classes}: {_listed(wrong)}")
+        raise TorchImportError(f"{source} does not fit {model} at width_multiplier={width_multiplier:g}, "
+                               f"num_classes={num_classes}: {_listed(wrong)}")
 
 
 def _listed(items: List[str]) -> str:

@@ -50,7 +50,7 @@ def _describe_oserror(error: BaseException, timeout: float) -> str:
     """What a socket-level failure was, in a few words."""
     reason = getattr(error, "reason", error)
     if isinstance(reason, (socket.timeout, TimeoutError)):
-        return f"no answer within {timeout:g} s (--timeout)"
+        return f"no answer within {timeout:g} s (timeout)"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
     if isinstance(reason, ConnectionError):
@@ -133,7 +133,7 @@ class _PredictClient:
             raise missing from None
         if self.version is not None:
             raise ServingError(f"{self.server}: version {version} is not served ({missing}); the server serves "
-                               f"version {current} (leave --model_version out to use it)") from None
+                               f"version {current} (leave the version out to use it)") from None
         if current == version:
             raise missing
         LOG.warning("%s: version %d disappeared during the request (%s); sent all %d batches again to version %d",
@@ -296,7 +296,7 @@ class GrpcClient(_PredictClient):
             code = error.code()
             details = _one_line(error.details() or "")
             if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
-                details = f"no answer within {self.timeout:g} s (--timeout)"
+                details = f"no answer within {self.timeout:g} s (timeout)"
             message = f"gRPC {code.name} from {self.target}: {details}"
             if code.name in RETRYABLE_GRPC:
                 raise retries.Transient(message) from error

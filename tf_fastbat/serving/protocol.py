@@ -23,7 +23,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def validate_model_name(name: str) -> None:
     """A TF Serving model name is a plain directory name under export_dir, and not a number (versions are)."""
     if not name or os.sep in name or name.startswith(".") or name.isdigit():
-        raise UsageError(f"--model_name={name!r}: must be a plain directory name, not a number")
+        raise UsageError(f"model_name={name!r}: must be a plain directory name, not a number")
 
 
 def integer_versions(model_dir: str) -> Tuple[int, ...]:

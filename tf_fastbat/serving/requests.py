@@ -115,4 +115,4 @@ def read_metadata(path: str) -> Dict:
                     return json.load(f)
             except (OSError, ValueError) as error:
                 raise ClientError(f"{candidate}: not readable JSON ({error})") from error
-    raise ClientError(f"--metadata={path}: no metadata.json there (give the file, a version dir or DIR/NAME)")
+    raise ClientError(f"metadata={path}: no metadata.json there (give the file, a version dir or DIR/NAME)")

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict
 
 import numpy as np
 
 from tf_fastbat.attacks.autoattack._utils import predict
-from tf_fastbat.attacks.autoattack.autoattack import run_autoattack
+from tf_fastbat.attacks.autoattack.autoattack import VERSIONS, run_autoattack
 from tf_fastbat.attacks.base import Attack, Outcome
+from tf_fastbat.fields import hparam, one_of
 
 
 AUTOATTACK_NAME = "autoattack"  # its report key
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoAttackOptions:
+    version: str = hparam("standard", "AutoAttack version.", flag="aa_version", check=one_of(tuple(VERSIONS)))
+
 
 class AutoAttack(Attack):
     """The standard (or plus, rand) AutoAttack; its per-attack robust accuracy, seconds and warnings go in
     Outcome.details. At eps = 0 nothing is attacked: RA is SA by definition."""
 
     name = AUTOATTACK_NAME
+    Options = AutoAttackOptions
 
     def __init__(self, version: str = "standard", seed: int = 0, batch_size: int = 256):
         self.version, self.seed, self.batch_size = version, seed, batch_size
 
     @classmethod
-    def from_settings(cls, settings, **_) -> "AutoAttack":
-        return cls(settings.aa_version, settings.seed, settings.batch_size)
+    def from_settings(cls, settings, options: AutoAttackOptions, **_) -> "AutoAttack":
+        return cls(options.version, settings.seed, settings.batch_size)
 
     def settings(self) -> Dict:
         return {"implementation": "tf_fastbat.attacks.autoattack.run_autoattack", "norm": "Linf",

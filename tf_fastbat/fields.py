@@ -1,7 +1,8 @@
-"""A method's hyperparameters are written once, as the fields of its dataclass: each field's metadata (`hparam`)
-holds its help, its command-line name, its unit and its checks. From it the methods check themselves
-(`validate`, run at construction, one line naming the parameter) and the training tool makes its flags, their help
-and parsing, the hyperparameters of the chosen method and config.json's keys (tf_fastbat.config).
+"""Settings written once, as the fields of a dataclass: a training method's hyperparameters (tf_fastbat.methods)
+and an evaluation attack's options (tf_fastbat.attacks). Each field's metadata (`hparam`) holds its help, its
+command-line name, its unit and its checks. From it the library checks values itself (`validate`, one line naming
+the parameter) and the tools make their flags, their help and parsing (method_flags, attack_flags), the chosen
+method's hyperparameters and config.json's keys (tf_fastbat.config).
 
     @dataclasses.dataclass(frozen=True)
     class Toy(Method):
@@ -190,11 +191,11 @@ def flag_name(field: dataclasses.Field) -> Optional[str]:
 
 
 def validate(method) -> None:
-    """Every field of `method` against its checks (pixel fractions: `fraction_fields`), the first failing one as
-    an HParamError naming the parameter."""
+    """Every field of the dataclass `method` (a training method, an attack's options) against its checks (pixel
+    fractions: its `fraction_fields`, if any), the first failing one as an HParamError naming the parameter."""
     for field in dataclasses.fields(method):
         value, spec = getattr(method, field.name), spec_of(field)
-        if field.name in method.fraction_fields:
+        if field.name in getattr(method, "fraction_fields", ()):
             _check_fraction(method, field.name, value, spec)
         if value is None:
             continue
@@ -213,7 +214,7 @@ def _check_fraction(method, name: str, value: Any, spec: Spec) -> None:
         problem = str(error).split(": ", 1)[1]
         if name == "eps" and value == 0:
             flag_problem = (f"{method.name} attacks in an eps-ball; 0 leaves it nothing to attack "
-                            "(use --method=standard)")
+                            "(train with the standard method)")
         else:
             flag_problem = f"must be in {'[' if zero_ok else '('}0, {units.UNIT:g}] (1/255 units)"
         raise HParamError(name, value, problem, PIXEL, flag_problem) from None
