@@ -392,7 +392,8 @@ def test_batching_runs_across_target_classes_and_restarts_changes_nothing(multic
                                       max_rows=rows)
     batched = make(10_000).perturb(m["x"], m["y"], stream=(0,))
     one_by_one = make(1).perturb(m["x"], m["y"], stream=(0,))
-    np.testing.assert_array_equal(batched[0], one_by_one[0])
+    # The same runs, to the last bits a batch's shape changes in TensorFlow's Eigen matmul (bit-equal with oneDNN's).
+    np.testing.assert_allclose(batched[0], one_by_one[0], rtol=0, atol=1e-6)
     assert batched[1] == one_by_one[1]
     assert fooled(m["fn"], batched[0], m["y"]).any()
 

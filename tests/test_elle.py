@@ -116,7 +116,9 @@ def test_consecutive_steps_equal_the_official_loop(real_batch):
         lin_reg = official_onoff(elle_values, lin_reg, lin_err, LAMBDA_MAX)
         result = step(model, x, y, tf.zeros_like(x), context=step_context(t, variables))
         expected, got = flat(grads), flat(result.grads)
-        assert np.linalg.norm(got - expected) <= 1e-5 * np.linalg.norm(expected), t
+        # 1e-4: float32 rounding of two op orders; Eigen's CPU kernels (the default) round differently per batch
+        # shape, and lambda_max amplifies it (measured up to 7e-5 here). A wrong rule is off by > 1e-2.
+        assert np.linalg.norm(got - expected) <= 1e-4 * np.linalg.norm(expected), t
         np.testing.assert_allclose(variables["lambda"].numpy(), lin_reg, rtol=1e-12)
         assert variables["count"].numpy() == len(elle_values)
         np.testing.assert_allclose(variables["mean"].numpy(), np.mean(elle_values), rtol=1e-5)

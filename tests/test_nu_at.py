@@ -173,8 +173,8 @@ def test_attack_alternates_on_the_official_per_epoch_counter_over_odd_epochs(cif
     ours = np.concatenate([v.numpy().ravel() for v in trainer.classifier.weights])
     want = np.concatenate([v.numpy().ravel() for v in reference.weights])
     wrong = np.concatenate([v.numpy().ravel() for v in mutated.weights])
-    for got, expected in zip(trainer.classifier.weights, reference.weights):
-        assert relative(got.numpy(), expected.numpy()) < 1e-5, got.path
+    for got, expected in zip(trainer.classifier.weights, reference.weights):  # float32 rounding over 6 steps with
+        assert relative(got.numpy(), expected.numpy()) < 1e-4, got.path  # Eigen's kernels: up to 2e-5 measured
     assert relative(wrong, want) > 100 * max(relative(ours, want), 1e-7)
 
 
