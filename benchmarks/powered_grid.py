@@ -160,6 +160,7 @@ def summary(cell: PoweredCell, output_dir: str) -> Optional[Dict]:
     log = reproduce.training_log(run.root)
     out["val_robust"] = [row.get("val_robust_accuracy", math.nan) for row in log]
     out["alignment"] = [row.get("gradient_alignment", math.nan) for row in log]
+    out["train_accuracy"] = [row.get("accuracy", math.nan) for row in log]  # on the method's training inputs
     out["collapse"] = collapse_epochs(out["val_robust"])
     return out
 
@@ -370,13 +371,14 @@ def package_pretrained(output_dir: str, folder: str) -> List[str]:
 
 
 def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
-    """Per epoch and method: held-out PGD-10-1 RA (%) and gradient alignment, collapsed epochs marked; the Figure."""
+    """Per epoch and method: held-out PGD-10-1 RA (%), training accuracy (on the method's attacked training inputs:
+    it jumps when FGSM's examples stop being adversarial) and gradient alignment, collapsed epochs marked."""
     from matplotlib.figure import Figure
 
     from tf_fastbat.plots import save_figure
 
-    figure = Figure(figsize=(12, 4.5))
-    robust_axis, alignment_axis = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    figure = Figure(figsize=(17, 4.5))
+    robust_axis, train_axis, alignment_axis = (figure.add_subplot(1, 3, i) for i in (1, 2, 3))
     for number, method in enumerate(part.methods):
         color = f"C{number % 10}"  # one colour per method, one line style per seed
         for seed, style in zip(part.seeds, ("-", "--", ":", "-.") * len(part.seeds)):
@@ -388,6 +390,8 @@ def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
             line, = robust_axis.plot(epochs, [100 * v for v in run["val_robust"]], marker="o", ms=3, color=color,
                                      ls=style, label=label)
             alignment_axis.plot(epochs, run["alignment"], marker="o", ms=3, color=color, ls=style, label=label)
+            train_axis.plot(epochs, [100 * v for v in run["train_accuracy"]], marker="o", ms=3, color=color, ls=style,
+                            label=label)
             if run["collapse"]:
                 robust_axis.plot(run["collapse"], [100 * run["val_robust"][e - 1] for e in run["collapse"]], ls="none",
                                  marker="X", ms=10, color=line.get_color(), label=f"{label}: collapse")
@@ -395,9 +399,11 @@ def overfitting_figure(summaries: Dict[str, Dict], part: Part, path: str):
                                     marker="X", ms=10, color=line.get_color(), label=f"{label}: collapse")
     robust_axis.set(xlabel="epoch", ylabel="held-out RA, PGD-10-1 (%)", ylim=(0, None),
                     title=f"ε = {part.eps}/255: held-out robust accuracy (X: collapse)")
+    train_axis.set(xlabel="epoch", ylabel="training accuracy (%)", ylim=(0, 100),
+                   title="training accuracy on the attacked training inputs")
     alignment_axis.set(xlabel="epoch", ylabel="gradient alignment (cos)", ylim=(-0.05, 1.05),
                        title="gradient alignment (held-out images)")
-    for axis in (robust_axis, alignment_axis):
+    for axis in (robust_axis, train_axis, alignment_axis):
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)

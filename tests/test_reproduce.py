@@ -168,8 +168,9 @@ def test_powered_grid_skips_methods_missing_from_names_with_one_line_each(capsys
                      "[powered] fgsm_pgi: not in tf_fastbat.methods.NAMES, its 4 cell(s) skipped"]
 
 
-def fake_powered_cell(workdir, eps, sa, ra, val_robust, alignment):
+def fake_powered_cell(workdir, eps, sa, ra, val_robust, alignment, train_accuracy=None):
     """A finished powered cell: report.json (best = last) and a training_log.csv with the given curves."""
+    train_accuracy = train_accuracy or [0.5] * len(val_robust)
     os.makedirs(workdir)
     result = {"clean_accuracy": sa, "num_examples": 1017, "robust_accuracy": {"pgd-50-2": {f"{eps}/255": ra}}}
     report = {"best_epoch": len(val_robust), "epochs": len(val_robust), "seconds_per_epoch": 40.0,
@@ -178,8 +179,8 @@ def fake_powered_cell(workdir, eps, sa, ra, val_robust, alignment):
         json.dump(report, out)
     with open(os.path.join(workdir, "training_log.csv"), "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["epoch", "gradient_alignment", "val_robust_accuracy"])
-        writer.writerows([e, alignment[e], val_robust[e]] for e in range(len(val_robust)))
+        writer.writerow(["epoch", "accuracy", "gradient_alignment", "val_robust_accuracy"])
+        writer.writerows([e, train_accuracy[e], alignment[e], val_robust[e]] for e in range(len(val_robust)))
 
 
 def test_powered_table_gaps_against_fast_bat_and_the_seed_spread(tmp_path):
@@ -215,21 +216,26 @@ def test_collapse_epochs_and_the_figure_draw_the_logged_curves(tmp_path):
     assert powered_grid.collapse_epochs([0.15, 0.18, 0.20, 0.09, 0.02, 0.12]) == [4, 5]  # < 0.10 = half of 0.20
     assert powered_grid.collapse_epochs([0.03, 0.01, float("nan"), 0.04]) == []  # best under 5%: noise
     part = powered_grid.Part(16, ("fast_at", "fast_bat"), (0,), 6)
-    curves = {"fast_at": ([0.15, 0.18, 0.20, 0.09, 0.02, 0.12], [0.9, 0.95, 0.6, 0.2, 0.05, 0.1]),
-              "fast_bat": ([0.12, 0.14, 0.15, 0.16, 0.16, 0.17], [0.9, 0.95, 0.97, 0.98, 0.98, 0.99])}
+    curves = {"fast_at": ([0.15, 0.18, 0.20, 0.09, 0.02, 0.12], [0.9, 0.95, 0.6, 0.2, 0.05, 0.1],
+                          [0.2, 0.25, 0.3, 0.6, 0.8, 0.85]),  # FGSM's training accuracy jumps as it collapses
+              "fast_bat": ([0.12, 0.14, 0.15, 0.16, 0.16, 0.17], [0.9, 0.95, 0.97, 0.98, 0.98, 0.99],
+                           [0.2, 0.22, 0.24, 0.26, 0.27, 0.28])}
     cells = powered_grid.part_cells(part)
     for cell in cells:
         fake_powered_cell(cell.workdir(str(tmp_path)), 16, 0.3, 0.15, *curves[cell.method])
     summaries = {c.name: powered_grid.summary(c, str(tmp_path)) for c in cells}
     figure = powered_grid.overfitting_figure(summaries, part, str(tmp_path / "co.png"))
     assert (tmp_path / "co.png").stat().st_size > 10_000
-    robust_axis, alignment_axis = figure.axes
+    robust_axis, train_axis, alignment_axis = figure.axes
     lines = {line.get_label(): line for line in robust_axis.get_lines()}
     np.testing.assert_allclose(lines["Fast-AT"].get_ydata(), [15, 18, 20, 9, 2, 12])
     np.testing.assert_allclose(lines["Fast-BAT"].get_xdata(), np.arange(1, 7))
     np.testing.assert_allclose(lines["Fast-AT: collapse"].get_xdata(), [4, 5])
     np.testing.assert_allclose(lines["Fast-AT: collapse"].get_ydata(), [9, 2])
     assert "Fast-BAT: collapse" not in lines
+    trained = {line.get_label(): line for line in train_axis.get_lines()}
+    np.testing.assert_allclose(trained["Fast-AT"].get_ydata(), [20, 25, 30, 60, 80, 85])
+    np.testing.assert_allclose(trained["Fast-BAT"].get_ydata(), [20, 22, 24, 26, 27, 28])
     alignment = {line.get_label(): line for line in alignment_axis.get_lines()}
     np.testing.assert_allclose(alignment["Fast-AT"].get_ydata(), curves["fast_at"][1])
     np.testing.assert_allclose(alignment["Fast-AT: collapse"].get_ydata(), [0.2, 0.05])
