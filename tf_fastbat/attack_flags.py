@@ -12,6 +12,7 @@ from typing import Any, Dict, List, NamedTuple
 from absl import flags
 
 from tf_fastbat import cli, fields, flagtypes
+from tf_fastbat.errors import UsageError
 
 
 class OptionFlag(NamedTuple):
@@ -42,14 +43,15 @@ def option_flags() -> List[OptionFlag]:
     return list(found.values())
 
 
-def _problem(option: OptionFlag, value: Any) -> str:
-    if value is None:
-        return ""
-    for rule in option.spec.rules:
-        problem = rule.problem(value, None)
-        if problem:
-            return f"--{option.name}={fields.shown_on_command_line(value, option.spec.unit)}: {problem}"
-    return ""
+def _check(option: OptionFlag, value: Any) -> bool:
+    """The attack's own check of one option value (attacks.base.options), its refusal under the flag's name."""
+    from tf_fastbat.attacks.base import options
+
+    try:
+        options(option.attack, {option.field.name: value})
+    except fields.HParamError as error:
+        raise UsageError(error.for_flag(option.name)) from None
+    return True
 
 
 def define() -> None:
@@ -58,7 +60,7 @@ def define() -> None:
         choices = f" One of {', '.join(option.spec.choices)}." if option.spec.choices else ""
         text = f"{option.spec.help}{choices} (--attacks={option.attack})"
         flagtypes.DEFINE_field(option.name, option.spec, option.field.default, text, enum=False)
-        cli.validator(option.name, lambda v, o=option: not _problem(o, v), lambda v, o=option: _problem(o, v))
+        cli.validator(option.name, lambda v, o=option: _check(o, v))
 
 
 def options_from(values) -> Dict[str, Dict[str, Any]]:

@@ -95,8 +95,9 @@ def _build(f, method, source, splits, steps_per_epoch: int, strategy):
 
     with strategy.scope():
         classifier = _classifier(f, source)
-        if runtime.onednn_warning(classifier):
-            _note(runtime.onednn_warning(classifier))
+        warning = runtime.onednn_warning(classifier)
+        if warning:
+            _note(warning)
         if f.sync_batch_norm == "true" or (f.sync_batch_norm == "auto" and strategy.num_replicas_in_sync > 1):
             distribution.synchronize_batch_norm(classifier)
         lr = optim.schedule(f.lr_schedule, epochs=f.epochs, steps_per_epoch=steps_per_epoch, lr_max=f.lr_max,
