@@ -24,9 +24,12 @@ results/powered_co_full_eps*.png:
     .venv/bin/python -m benchmarks.powered_grid --part=full --stage=autoattack   # best and last: AA 500, PGD-50-10 1,000
     .venv/bin/python -m benchmarks.powered_grid --part=full --stage=report       # Table 1 and the figures so far
     .venv/bin/python -m benchmarks.powered_grid --part=full --stage=pretrained   # tf_fastbat/pretrained/*.keras, *.json
+    .venv/bin/python -m benchmarks.powered_grid --part=full --stage=archive      # benchmarks/results/full_cifar10_runs
 
 Resumable: a cell with a report.json is never rerun; a killed cell resumes from its backup when its command runs
-again (tf_fastbat.train). Each cell's command is printed and kept in its workdir's command.txt.
+again (tf_fastbat.train). Each cell's command is printed and kept in its workdir's command.txt. A grid that spans
+machines: --stage=archive keeps each cell's records, its newest backup while it trains and its checkpoints until
+the autoattack stage has measured them; copying the archive back into --output_dir goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -431,16 +434,59 @@ def report(cells: Sequence[PoweredCell], output_dir: str, parts: Sequence[Part],
     return text
 
 
+ARCHIVED_RECORDS = ("command", "config", "training_log", "report", "report_table", "extra_evaluation", "best_state")
+ARCHIVED_FIGURES = ("training_curves", "ra_vs_eps")
+
+
+def files_to_archive(run, measured: Sequence[str]) -> List[str]:
+    """The files of `run` (a record.Workdir) that let every later stage go on from a copy on another machine: its
+    records always (never train.log, the progress bars); `checkpoints/*.keras` while a stage still needs them
+    (training unfinished, or `measured` checkpoints without AutoAttack in extra_eval.json); the newest backup while
+    training (exact resume needs only that one)."""
+    keep = [getattr(run, name) for name in ARCHIVED_RECORDS] + [run.figure(name) for name in ARCHIVED_FIGURES]
+    extra = run.extra()
+    if not run.finished() or any("autoattack" not in extra.get(c, {}) for c in measured):
+        keep += [run.checkpoint(c) for c in reproduce.CHECKPOINTS]
+    if not run.finished() and os.path.isdir(run.backups):
+        steps = sorted(os.listdir(run.backups))
+        keep += [os.path.join(run.backups, steps[-1])] if steps else []
+    return [path for path in keep if os.path.exists(path)]
+
+
+def archive(cells: Sequence[PoweredCell], output_dir: str, archive_dir: str, measured: Sequence[str]) -> List[str]:
+    """Replaces <archive_dir>/<cell> by the cell's `files_to_archive` (in a repository, the machine that trains a
+    grid may not be kept: the archive is what the next one copies back into --output_dir); the cells archived."""
+    import shutil
+
+    archived = []
+    for cell in cells:
+        run = cell.record(output_dir)
+        if not run.is_run():
+            continue
+        target, staging = os.path.join(archive_dir, cell.name), os.path.join(archive_dir, f".{cell.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in files_to_archive(run, measured):
+            copy = os.path.join(staging, os.path.relpath(path, run.root))
+            os.makedirs(os.path.dirname(copy), exist_ok=True)
+            (shutil.copytree if os.path.isdir(path) else shutil.copy2)(path, copy)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        archived.append(cell.name)
+        print(f"[powered] archived {cell.name} in {target}", flush=True)
+    return archived
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", default="all", choices=[*PARTS, *GROUPS],
                         help="Which part to train and report: all is the small-data grid, full the full CIFAR-10.")
-    parser.add_argument("--stage", default="all", choices=["train", "autoattack", "report", "pretrained", "all"],
+    parser.add_argument("--stage", default="all", choices=["train", "autoattack", "report", "pretrained", "archive", "all"],
                         help="all: train, then report; autoattack (never part of all): AutoAttack and PGD-50-10 on "
                         "the first test images of each trained cell's --checkpoints; pretrained (never part of all): "
-                        "copy the full grid's shipped models (PRETRAINED) into --pretrained_dir with their cards.")
+                        "copy the full grid's shipped models (PRETRAINED) into --pretrained_dir with their cards; archive (never "
+                        "part of all): each cell's records, and what a later stage still needs, into --archive_dir.")
     parser.add_argument("--aa_examples", type=int, default=None, help="Test images AutoAttack runs on in the "
                         "autoattack stage (default: 200; 500 for --part=full).")
     parser.add_argument("--pgd_examples", type=int, default=None, help="Test images PGD-50-10 runs on in the "
@@ -458,6 +504,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--figures_dir", default="results")
     parser.add_argument("--pretrained_dir", default=os.path.join("tf_fastbat", "pretrained"),
                         help="Where --stage=pretrained writes the shipped models and their cards.")
+    parser.add_argument("--archive_dir", default=None, help="Where --stage=archive keeps each cell's records "
+                        "(default: benchmarks/results/<full_cifar10|powered>_runs).")
     args = parser.parse_args(argv)
     args.parts = [PARTS[name] for name in GROUPS.get(args.part, (args.part,))]
     full = [part.prefix == "full_" for part in args.parts]
@@ -465,6 +513,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f"--part={args.part}: mixes full and small-data parts")
     args.stem = FULL_STEM if all(full) else "powered"
     args.output_dir = args.output_dir or os.path.join("runs", args.stem)
+    args.archive_dir = args.archive_dir or os.path.join(args.results_dir, f"{args.stem}_runs")
     full_defaults = {"aa_examples": 500, "pgd_examples": 1000, "checkpoints": "best,last"}
     small_defaults = {"aa_examples": 200, "pgd_examples": None, "checkpoints": "last"}
     for name, value in (full_defaults if args.stem == FULL_STEM else small_defaults).items():
@@ -512,6 +561,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"[powered] AutoAttack done; {time.perf_counter() - start:.0f} s", flush=True)
     if args.stage == "pretrained":  # never part of all: it writes into the package
         package_pretrained(args.output_dir, args.pretrained_dir)
+    if args.stage == "archive":  # never part of all: it writes into the repository
+        archive(args.cells, os.path.abspath(args.output_dir), args.archive_dir, args.checkpoints)
     if args.stage in ("report", "all"):
         print(report(args.cells, args.output_dir, args.parts, args.results_dir, args.figures_dir, args.stem))
 

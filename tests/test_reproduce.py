@@ -286,7 +286,15 @@ def test_full_grid_runner_trains_measures_and_reports_a_tiny_cell(tmp_path, monk
     report = json.loads((workdir / "report.json").read_text())
     assert report["epochs"] == 1 and report["checkpoints"]["last"]["num_examples"] == 32
     assert "pgd-20-1" in report["checkpoints"]["last"]["robust_accuracy"]
+    archived = tmp_path / "archive" / "full_fast_at_eps8_seed0"
+    records = {"command.txt", "config.json", "training_log.csv", "report.json", "report.md", "checkpoints/best.json",
+               "training_curves.png", "ra_vs_eps.png"}
+    powered_grid.main(common + ["--stage=archive", f"--archive_dir={tmp_path / 'archive'}"])
+    assert archive_listing(archived) == records | {"checkpoints/best.keras", "checkpoints/last.keras"}  # AA to come
+    assert (archived / "checkpoints" / "best.keras").read_bytes() == (workdir / "checkpoints" / "best.keras").read_bytes()
     powered_grid.main(common + ["--stage=autoattack", "--aa_examples=4", "--pgd_examples=8"])
+    powered_grid.main(common + ["--stage=archive", f"--archive_dir={tmp_path / 'archive'}"])
+    assert archive_listing(archived) == records | {"extra_eval.json"}  # measured: the checkpoints are not needed
     extra = json.loads((workdir / "extra_eval.json").read_text())
     assert set(extra) == {"best", "last"}
     for entry in extra.values():
@@ -308,6 +316,34 @@ def test_full_grid_runner_trains_measures_and_reports_a_tiny_cell(tmp_path, monk
     powered_grid.main(common + ["--stage=train"])
     assert calls == []  # finished: never trained again
     check_packaged_model(tmp_path, monkeypatch, output, report, extra)
+
+
+def archive_listing(folder) -> set:
+    """Every file under `folder`, as paths relative to it."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_archive_of_a_cell_in_training_keeps_its_newest_backup_and_checkpoints(tmp_path):
+    """A cell stopped mid-training: its records, both checkpoints and only the newest backup step are archived
+    (what exact resume reads), never train.log; an older archive of the cell is replaced, not merged."""
+    cell = powered_grid.part_cells(powered_grid.PARTS["full_eps8"])[0]
+    workdir = tmp_path / "runs" / cell.name
+    files = {"config.json": "{}", "command.txt": "train", "training_log.csv": "epoch\n0\n", "train.log": "bars",
+             "checkpoints/best.json": "{}", "checkpoints/best.keras": "b", "checkpoints/last.keras": "l",
+             "backup/step-0000000352/state": "old", "backup/step-0000000704/state": "new",
+             "backup/step-0000000704/checkpoint.index": "i"}
+    for name, text in files.items():
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).write_text(text)
+    stale = tmp_path / "archive" / cell.name / "backup" / "step-0000000001" / "state"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("stale")
+    assert powered_grid.archive([cell], str(tmp_path / "runs"), str(tmp_path / "archive"), ("best", "last")) == [cell.name]
+    assert archive_listing(tmp_path / "archive" / cell.name) == {
+        "config.json", "command.txt", "training_log.csv", "checkpoints/best.json", "checkpoints/best.keras",
+        "checkpoints/last.keras", "backup/step-0000000704/state", "backup/step-0000000704/checkpoint.index"}
+    assert (tmp_path / "archive" / cell.name / "backup" / "step-0000000704" / "state").read_text() == "new"
+    assert [p.name for p in (tmp_path / "archive").iterdir()] == [cell.name]  # no staging folder left
 
 
 def check_packaged_model(tmp_path, monkeypatch, output, report, extra):
