@@ -267,6 +267,35 @@ PAPER_TABLE1 = {
 }
 
 
+def shipped_summary(cell: PoweredCell) -> Optional[Dict]:
+    """Table 1's figures of a cell whose workdir was not kept but whose model ships (PRETRAINED), from the model's
+    card (tf_fastbat.pretrained): the checkpoint it ships, and `last` too when that is the same epoch; None if the
+    cell ships no model. No per-epoch curves: the figure and the seed tables leave it out."""
+    from tf_fastbat import pretrained
+
+    shipped = [(name, checkpoint) for name, (cell_name, checkpoint) in PRETRAINED.items() if cell_name == cell.name]
+    if not shipped or shipped[0][0] not in pretrained.names():
+        return None
+    name, checkpoint = shipped[0]
+    card = pretrained.card(pretrained.SCHEME + name)
+    accuracy, training = card["accuracy"], card["training"]
+    figures = {"SA": accuracy["clean"]["accuracy"], "RA": accuracy["pgd_20_1"]["accuracy"], "attack": "pgd-20-1",
+               "num_examples": accuracy["clean"]["num_examples"]}
+    for key, entry in (("PGD50", "pgd_50_10"), ("AA", "autoattack_standard"), ("SA_kept", "clean_without_lossy")):
+        if entry in accuracy:
+            figures[key] = accuracy[entry]["accuracy"]
+            figures[f"{key}_examples"] = accuracy[entry]["num_examples"]
+    out = {"seed": cell.seed, "seconds_per_epoch": training.get("seconds_per_epoch"), "epochs": training["epochs"],
+           "best_epoch": training["best_epoch"], "command": training["command"], "source": SCHEME_NOTE.format(name),
+           checkpoint: figures}
+    if training["best_epoch"] == training["epochs"]:
+        out["last" if checkpoint == "best" else "best"] = dict(figures)
+    return out
+
+
+SCHEME_NOTE = "the shipped model's card (pretrained:{}); its workdir was not kept"
+
+
 def table1(summaries: Dict[str, Dict], parts: Sequence[Part], checkpoint: str) -> str:
     """Table 1's columns for one checkpoint of every cell (seed 0), beside the paper's figures where restated."""
     def percent(run: Dict, key: str) -> str:
@@ -283,16 +312,19 @@ def table1(summaries: Dict[str, Dict], parts: Sequence[Part], checkpoint: str) -
                 continue
             at = run[checkpoint]
             paper = PAPER_TABLE1.get((method, part.eps), {})
+            marker = "†" if "source" in run else ""
             lines.append("| " + " | ".join([
-                reproduce.label(method), f"{part.eps}/255", percent(at, "SA"), percent(at, "SA_kept"), percent(at, "RA"),
+                reproduce.label(method) + marker, f"{part.eps}/255", percent(at, "SA"), percent(at, "SA_kept"), percent(at, "RA"),
                 percent(at, "PGD50"), percent(at, "AA"), percent(at, "PGD_on_AA"),
                 *(f"{paper[k]:.2f}" if k in paper else "" for k in ("SA", "PGD50", "AA")),
                 str(run["best_epoch"]), f"{run['seconds_per_epoch']:.0f}"]) + " |")
     sizes = sorted({f"SA and PGD-20 on {r[checkpoint]['num_examples']}, PGD-50-10 on {r[checkpoint].get('PGD50_examples', '-')}"
                     f", AutoAttack on {r[checkpoint].get('AA_examples', '-')} test images"
                     for r in summaries.values() if checkpoint in r})
-    return "\n".join([f"**{'Early-stopped (best)' if checkpoint == 'best' else 'Last'} models** "
-                       f"({'; '.join(sizes) or 'no cell finished'})", "", *lines, ""])
+    notes = sorted({f"† From {r['source']}." for r in summaries.values() if checkpoint in r and "source" in r})
+    title = f"**{'Early-stopped (best)' if checkpoint == 'best' else 'Last'} models**"
+    return "\n".join([f"{title} ({'; '.join(sizes) or 'no cell finished'})", "", *lines, ""]
+                      + ([*notes, ""] if notes else []))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -420,13 +452,15 @@ def report(cells: Sequence[PoweredCell], output_dir: str, parts: Sequence[Part],
 
     summaries = {c.name: s for c in cells if (s := summary(c, output_dir)) is not None}
     title = "Full CIFAR-10 grid" if stem == FULL_STEM else "Powered grid"
-    tables = [table1(summaries, parts, c) for c in reproduce.CHECKPOINTS] if stem == FULL_STEM else []
+    shipped = {c.name: s for c in cells if c.name not in summaries and (s := shipped_summary(c)) is not None}
+    tables = ([table1({**summaries, **shipped}, parts, c) for c in reproduce.CHECKPOINTS] if stem == FULL_STEM
+              else [])
     text = "\n".join([f"## {title}", ""] + tables + [powered_table(summaries, part) for part in parts])
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, f"{stem}.md"), "w") as out:
         out.write(text)
     with open(os.path.join(results_dir, f"{stem}.json"), "w") as out:
-        json.dump(summaries, out, indent=1)
+        json.dump({**summaries, **shipped}, out, indent=1)
     for part in parts:
         path = os.path.join(figures_dir, f"powered_co_{part.prefix}eps{part.eps}.png")
         overfitting_figure(summaries, part, path)

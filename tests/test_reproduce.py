@@ -318,6 +318,26 @@ def test_full_grid_runner_trains_measures_and_reports_a_tiny_cell(tmp_path, monk
     check_packaged_model(tmp_path, monkeypatch, output, report, extra)
 
 
+def test_a_cell_whose_workdir_was_not_kept_is_reported_from_its_shipped_models_card(tmp_path):
+    """Fast-BAT at 8/255 ships as pretrained:cifar10_fast_bat_eps8 but its workdir is gone: Table 1 reads its
+    figures from the card (marked †), for best and, being the last epoch, for last; the seed tables leave it out."""
+    card = json.loads((ROOT / "tf_fastbat" / "pretrained" / "cifar10_fast_bat_eps8.json").read_text())
+    part = powered_grid.PARTS["full_eps8"]
+    cells = [c for c in powered_grid.part_cells(part) if c.method == "fast_bat"]
+    text = powered_grid.report(cells, str(tmp_path / "runs"), [part], str(tmp_path / "results"),
+                               str(tmp_path / "figures"), powered_grid.FULL_STEM)
+    rows = [[v.strip() for v in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| Fast-BAT† | 8/255")]
+    accuracy = card["accuracy"]
+    expected = [f"{100 * accuracy['clean']['accuracy']:.2f}", "-", f"{100 * accuracy['pgd_20_1']['accuracy']:.2f}",
+                f"{100 * accuracy['pgd_50_10']['accuracy']:.2f}", f"{100 * accuracy['autoattack_standard']['accuracy']:.2f}",
+                "-", "", "48.74", "44.89", str(card["training"]["best_epoch"])]
+    assert card["training"]["best_epoch"] == card["training"]["epochs"] == 10
+    assert [row[2:12] for row in rows] == [expected, expected]  # the early-stopped and the last table
+    assert text.count("† From the shipped model's card (pretrained:cifar10_fast_bat_eps8)") == 2
+    assert "| Fast-BAT |" not in text  # not in the seed table (no curves)
+
+
 def archive_listing(folder) -> set:
     """Every file under `folder`, as paths relative to it."""
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
