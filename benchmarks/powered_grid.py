@@ -267,6 +267,9 @@ PAPER_TABLE1 = {
 }
 
 
+SHIPPED_SOURCE = "the shipped model's card (pretrained:{}); its workdir was not kept"  # table 1's † note
+
+
 def shipped_summary(cell: PoweredCell) -> Optional[Dict]:
     """Table 1's figures of a cell whose workdir was not kept but whose model ships (PRETRAINED), from the model's
     card (tf_fastbat.pretrained): the checkpoint it ships, and `last` too when that is the same epoch; None if the
@@ -286,14 +289,12 @@ def shipped_summary(cell: PoweredCell) -> Optional[Dict]:
             figures[key] = accuracy[entry]["accuracy"]
             figures[f"{key}_examples"] = accuracy[entry]["num_examples"]
     out = {"seed": cell.seed, "seconds_per_epoch": training.get("seconds_per_epoch"), "epochs": training["epochs"],
-           "best_epoch": training["best_epoch"], "command": training["command"], "source": SCHEME_NOTE.format(name),
+           "best_epoch": training["best_epoch"], "command": training["command"], "source": SHIPPED_SOURCE.format(name),
            checkpoint: figures}
     if training["best_epoch"] == training["epochs"]:
         out["last" if checkpoint == "best" else "best"] = dict(figures)
     return out
 
-
-SCHEME_NOTE = "the shipped model's card (pretrained:{}); its workdir was not kept"
 
 
 def table1(summaries: Dict[str, Dict], parts: Sequence[Part], checkpoint: str) -> str:
@@ -476,14 +477,16 @@ def files_to_archive(run, measured: Sequence[str]) -> List[str]:
     """The files of `run` (a record.Workdir) that let every later stage go on from a copy on another machine: its
     records always (never train.log, the progress bars); `checkpoints/*.keras` while a stage still needs them
     (training unfinished, or `measured` checkpoints without AutoAttack in extra_eval.json); the newest backup while
-    training (exact resume needs only that one)."""
+    training (exact resume reads only that one)."""
+    from tf_fastbat import backup
+
     keep = [getattr(run, name) for name in ARCHIVED_RECORDS] + [run.figure(name) for name in ARCHIVED_FIGURES]
     extra = run.extra()
     if not run.finished() or any("autoattack" not in extra.get(c, {}) for c in measured):
         keep += [run.checkpoint(c) for c in reproduce.CHECKPOINTS]
-    if not run.finished() and os.path.isdir(run.backups):
-        steps = sorted(os.listdir(run.backups))
-        keep += [os.path.join(run.backups, steps[-1])] if steps else []
+    if not run.finished():  # the one resume would read: tf_fastbat.backup's rule (a corrupt newest one is skipped)
+        newest = backup.newest(run.backups, warn=lambda message: print(f"[powered] {message}", flush=True))
+        keep += [newest.path] if newest else []
     return [path for path in keep if os.path.exists(path)]
 
 
@@ -596,7 +599,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.stage == "pretrained":  # never part of all: it writes into the package
         package_pretrained(args.output_dir, args.pretrained_dir)
     if args.stage == "archive":  # never part of all: it writes into the repository
-        archive(args.cells, os.path.abspath(args.output_dir), args.archive_dir, args.checkpoints)
+        archive(args.cells, args.output_dir, args.archive_dir, args.checkpoints)
     if args.stage in ("report", "all"):
         print(report(args.cells, args.output_dir, args.parts, args.results_dir, args.figures_dir, args.stem))
 

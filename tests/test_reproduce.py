@@ -348,21 +348,24 @@ def test_archive_of_a_cell_in_training_keeps_its_newest_backup_and_checkpoints(t
     (what exact resume reads), never train.log; an older archive of the cell is replaced, not merged."""
     cell = powered_grid.part_cells(powered_grid.PARTS["full_eps8"])[0]
     workdir = tmp_path / "runs" / cell.name
+    from tf_fastbat import backup
+
     files = {"config.json": "{}", "command.txt": "train", "training_log.csv": "epoch\n0\n", "train.log": "bars",
-             "checkpoints/best.json": "{}", "checkpoints/best.keras": "b", "checkpoints/last.keras": "l",
-             "backup/step-0000000352/state": "old", "backup/step-0000000704/state": "new",
-             "backup/step-0000000704/checkpoint.index": "i"}
+             "checkpoints/best.json": "{}", "checkpoints/best.keras": "b", "checkpoints/last.keras": "l"}
     for name, text in files.items():
         (workdir / name).parent.mkdir(parents=True, exist_ok=True)
         (workdir / name).write_text(text)
+    for step, value in ((352, 1.0), (704, 2.0)):  # two real backups, as training writes them
+        backup.write(str(workdir / "backup"), step, {"w": np.array([value], np.float32)}, {"step": step})
     stale = tmp_path / "archive" / cell.name / "backup" / "step-0000000001" / "state"
     stale.parent.mkdir(parents=True)
     stale.write_text("stale")
     assert powered_grid.archive([cell], str(tmp_path / "runs"), str(tmp_path / "archive"), ("best", "last")) == [cell.name]
     assert archive_listing(tmp_path / "archive" / cell.name) == {
         "config.json", "command.txt", "training_log.csv", "checkpoints/best.json", "checkpoints/best.keras",
-        "checkpoints/last.keras", "backup/step-0000000704/state", "backup/step-0000000704/checkpoint.index"}
-    assert (tmp_path / "archive" / cell.name / "backup" / "step-0000000704" / "state").read_text() == "new"
+        "checkpoints/last.keras", "backup/step-0000000704/variables.npz", "backup/step-0000000704/manifest.json"}
+    resumed = backup.newest(str(tmp_path / "archive" / cell.name / "backup"), warn=pytest.fail)  # what resume reads
+    assert resumed.state == {"step": 704} and resumed.arrays["w"].tolist() == [2.0]
     assert [p.name for p in (tmp_path / "archive").iterdir()] == [cell.name]  # no staging folder left
 
 
